@@ -1,0 +1,3 @@
+from omnistream.cli import app
+
+app(prog_name="omnistream")

@@ -1,0 +1,153 @@
+"""One settings object for every part of omnistream.
+
+Values come from environment variables ``OMNISTREAM_<SECTION>__<KEY>`` (e.g. ``OMNISTREAM_KAFKA__PORT``),
+then from ``.env`` / ``.env.local`` in the working directory, then from the defaults below, which point
+at the local stack (``omnistream stack up``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = "127.0.0.1"
+# Default ports sit below Linux's ephemeral range (32768-60999): a port in that range can be taken at
+# any moment by an outgoing connection's local end, and a server then fails to bind.
+
+
+class StackSettings(BaseModel):
+    """Where the local stack keeps its downloads, data, logs and pid files."""
+
+    state_dir: Path = Path(".omnistream")
+    # Downloaded servers; empty means "<state_dir>/dist". Several stacks may share one.
+    dist_dir: Path | None = None
+    # Apicurio Registry 3.x needs Java 21+; empty means "find one under /usr/lib/jvm".
+    registry_java_home: str = ""
+    java_home: str = ""
+    start_timeout_s: float = 180.0
+
+
+class PostgresSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 15432
+    database: str = "shop"
+    superuser: str = "postgres"
+    app_user: str = "shop_app"
+    app_password: SecretStr = SecretStr("shop_app")
+    replication_user: str = "debezium"
+    replication_password: SecretStr = SecretStr("debezium")
+    publication: str = "omnistream_shop"
+    max_replication_slots: int = 10
+    max_wal_senders: int = 10
+
+    def dsn(self, user: str | None = None, password: str | None = None, dbname: str | None = None) -> str:
+        parts = [f"host={self.host}", f"port={self.port}", f"dbname={dbname or self.database}"]
+        parts.append(f"user={user or self.superuser}")
+        if password:
+            parts.append(f"password={password}")
+        return " ".join(parts)
+
+    def app_dsn(self) -> str:
+        return self.dsn(self.app_user, self.app_password.get_secret_value())
+
+    def replication_dsn(self) -> str:
+        return self.dsn(self.replication_user, self.replication_password.get_secret_value())
+
+
+class KafkaSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 19092
+    controller_port: int = 19093
+    heap: str = "512m"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class RegistrySettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 18081
+    management_port: int = 18082  # Quarkus health and metrics
+    heap: str = "384m"
+
+    @property
+    def url(self) -> str:
+        """The Confluent-compatible API, which confluent-kafka's SchemaRegistryClient talks to."""
+        return f"http://{self.host}:{self.port}/apis/ccompat/v7"
+
+
+class ConnectSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 18083
+    heap: str = "768m"
+    group_id: str = "omnistream-connect"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class MailSettings(BaseModel):
+    host: str = LOOPBACK
+    smtp_port: int = 13025
+    imap_port: int = 13143
+    api_port: int = 18180
+    heap: str = "128m"
+    domain: str = "stores.omnistream.local"
+    mailbox_user: str = "confirmations"
+    mailbox_password: SecretStr = SecretStr("confirmations")
+
+    @property
+    def mailbox_address(self) -> str:
+        return f"{self.mailbox_user}@{self.domain}"
+
+
+class GcsSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 14443
+    project: str = "omnistream-local"
+    bucket: str = "omnistream-history"
+    # Empty means "the local emulator"; set to use real Google Cloud Storage with default credentials.
+    emulator_host: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        return self.emulator_host or f"http://{self.host}:{self.port}"
+
+
+class ApiSettings(BaseModel):
+    host: str = LOOPBACK
+    port: int = 15080
+    token: SecretStr = SecretStr("omnistream-dev-token")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OMNISTREAM_",
+        env_nested_delimiter="__",
+        env_file=(".env", ".env.local"),
+        extra="ignore",
+    )
+
+    stack: StackSettings = StackSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    connect: ConnectSettings = ConnectSettings()
+    mail: MailSettings = MailSettings()
+    gcs: GcsSettings = GcsSettings()
+    api: ApiSettings = ApiSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,208 @@
+"""Start, check and stop the local stack's servers as background processes."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omnistream.settings import Settings
+from omnistream.stack import process
+from omnistream.stack.install import install_jars, postgres_bin_dir
+from omnistream.stack.layout import Layout
+from omnistream.stack.services import SERVICE_NAMES, Postgres, Service, build_services
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+class ServiceFailed(RuntimeError):
+    """A service did not come up; says which, why, and where its log is."""
+
+    def __init__(self, service: str, reason: str, logfile: Path) -> None:
+        self.service, self.reason, self.logfile = service, reason, logfile
+        super().__init__(
+            f"{service} did not come up: {reason}\n"
+            f"log: {logfile}\n--- last lines ---\n{process.tail(logfile)}"
+        )
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int | None
+    endpoints: dict[str, str]
+    healthy: bool
+    detail: str = ""
+    rss_kib: int = 0
+
+
+@dataclass
+class UpReport:
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = Layout.from_settings(settings)
+        self.services = build_services(settings, self.layout)
+
+    def select(self, names: Iterable[str] | None) -> list[Service]:
+        """The named services plus everything they need, in start order."""
+        wanted = set(names or SERVICE_NAMES)
+        unknown = wanted - set(SERVICE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown service(s) {sorted(unknown)}; choose from {list(SERVICE_NAMES)}")
+        todo = list(wanted)
+        while todo:
+            for need in self.services[todo.pop()].needs:
+                if need not in wanted:
+                    wanted.add(need)
+                    todo.append(need)
+        return [self.services[n] for n in SERVICE_NAMES if n in wanted]
+
+    def install(self, progress: Progress = log.info) -> None:
+        progress("checking installed servers (the first run downloads about 700 MB from Maven Central)")
+        fetched = install_jars(self.layout.dist)
+        if fetched:
+            progress(f"fetched {', '.join(fetched)}")
+        postgres_bin_dir()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One ``up``/``down`` at a time per state directory (two shells, or parallel test runs)."""
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with (self.layout.root / "stack.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def pid(self, service: Service) -> int | None:
+        return process.alive_pid(self.layout.pid_file(service.name))
+
+    def up(self, names: Iterable[str] | None = None, progress: Progress = log.info) -> UpReport:
+        """Start what is not running and wait until every selected service answers a real request."""
+        with self._exclusive():
+            return self._up(names, progress)
+
+    def _up(self, names: Iterable[str] | None, progress: Progress) -> UpReport:
+        began = time.monotonic()
+        selected = self.select(names)
+        self.install(progress)
+        report = UpReport()
+        pending = {s.name: s for s in selected}
+        started_at: dict[str, float] = {}
+        healthy: set[str] = set()
+        deadline = time.monotonic() + self.settings.stack.start_timeout_s
+        while pending:
+            for service in list(pending.values()):
+                if service.name in started_at or not set(service.needs) <= healthy:
+                    continue
+                if self.pid(service):
+                    report.already_running.append(service.name)
+                else:
+                    self._start(service)
+                    report.started.append(service.name)
+                started_at[service.name] = time.monotonic()
+                progress(f"{service.name}: waiting until it answers")
+            for name in [n for n in pending if n in started_at]:
+                service = pending[name]
+                if self.pid(service) is None:
+                    raise ServiceFailed(name, "the process exited", self.layout.log_file(name))
+                error = _check(service)
+                if error is None:
+                    service.bootstrap()
+                    healthy.add(name)
+                    del pending[name]
+                    progress(f"{name}: ready after {time.monotonic() - started_at[name]:.1f}s")
+                elif time.monotonic() > deadline:
+                    raise ServiceFailed(
+                        name,
+                        f"no answer within {self.settings.stack.start_timeout_s:.0f}s ({error})",
+                        self.layout.log_file(name),
+                    )
+            if pending:
+                time.sleep(0.3)
+        report.seconds = time.monotonic() - began
+        return report
+
+    def _start(self, service: Service) -> None:
+        logfile = self.layout.log_file(service.name)
+        for label, (host, port) in service.ports().items():
+            if process.port_open(host, port):
+                raise ServiceFailed(
+                    service.name,
+                    f"port {port} ({label}) on {host} is already in use by another process; "
+                    f"stop it or choose another port (see the configuration reference)",
+                    logfile,
+                )
+        try:
+            service.prepare()
+            launch = service.launch()
+            process.spawn(
+                launch.cmd,
+                pidfile=self.layout.pid_file(service.name),
+                logfile=logfile,
+                marker=launch.marker,
+                env=launch.env,
+                cwd=launch.cwd,
+                user=launch.user,
+            )
+        except Exception as exc:  # initdb, formatting storage, exec…: say which service and why
+            raise ServiceFailed(service.name, f"could not be started: {exc}", logfile) from exc
+
+    def down(self, purge: bool = False, progress: Progress = log.info) -> list[str]:
+        """Stop every service this stack started (reverse order); with ``purge`` delete data and logs."""
+        with self._exclusive():
+            return self._down(purge, progress)
+
+    def _down(self, purge: bool, progress: Progress) -> list[str]:
+        stopped = []
+        for name in reversed(SERVICE_NAMES):
+            service = self.services[name]
+            if process.stop(self.layout.pid_file(name), service.stop_signal):
+                stopped.append(name)
+                progress(f"{name}: stopped")
+        if purge:
+            postgres = self.services["postgres"]
+            assert isinstance(postgres, Postgres)
+            if postgres.data_dir.is_symlink():
+                shutil.rmtree(postgres.data_dir.resolve(), ignore_errors=True)
+            for folder in (self.layout.data, self.layout.logs, self.layout.run):
+                shutil.rmtree(folder, ignore_errors=True)
+            progress(f"purged data and logs under {self.layout.root} (downloads kept)")
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        out = []
+        for service in self.services.values():
+            pid = self.pid(service)
+            error = _check(service) if pid else "not running"
+            out.append(
+                ServiceStatus(
+                    name=service.name,
+                    pid=pid,
+                    endpoints=service.endpoints(),
+                    healthy=error is None,
+                    detail=error or "",
+                    rss_kib=process.rss_kib(pid) if pid else 0,
+                )
+            )
+        return out
+
+
+def _check(service: Service) -> str | None:
+    """None when the service answers a real request, else why not."""
+    try:
+        service.check()
+    except Exception as exc:  # any client error means "not ready": keep the reason for the report
+        return f"{type(exc).__name__}: {exc}".strip()
+    return None

@@ -1,0 +1,291 @@
+"""The store-email simulator against the stack's GreenMail, read back over IMAP like the producer will.
+
+Each test gets a mailbox of its own (created and removed through GreenMail's API). The bodies are parsed
+from the text part only, the way a parser of real POS emails has to.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from imapclient import IMAPClient
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from omnistream.settings import MailSettings, Settings, get_settings
+from simulators.cli import simulate_app
+from simulators.email_plan import ANOMALY_KINDS
+from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
+from simulators.manifest import read_totals
+from simulators.reference import build_reference, money
+from simulators.store_money import parse_money
+
+pytestmark = pytest.mark.integration
+
+SERVER_HEADERS = {"Received", "Return-Path"}  # added by the mail server, not by the store
+STORE_HEADERS = {"Content-Type", "MIME-Version", "From", "To", "Subject", "Date", "Message-ID"}
+
+
+@pytest.fixture
+def mailbox(stack_settings: Settings, unique: str) -> Iterator[MailSettings]:
+    """Mail settings for a fresh mailbox of this test's own."""
+    mail = stack_settings.mail.model_copy(
+        update={"mailbox_user": f"test-{unique}", "mailbox_password": SecretStr(uuid.uuid4().hex)}
+    )
+    api = f"http://{mail.host}:{mail.api_port}/api/user"
+    user = {
+        "email": mail.mailbox_address,
+        "login": mail.mailbox_user,
+        "password": mail.mailbox_password.get_secret_value(),
+    }
+    httpx.post(api, json=user, timeout=10).raise_for_status()
+    yield mail
+    # GreenMail 2.1.8 answers 500 when it deletes a user whose mailbox was opened over IMAP, though the user
+    # and its mail are gone; the list of users is the truth.
+    httpx.delete(f"{api}/{mail.mailbox_user}", timeout=10)
+    users = httpx.get(api, timeout=10).raise_for_status().json()
+    assert mail.mailbox_user not in {u["login"] for u in users}
+
+
+def fetch_all(mail: MailSettings, expected: int, deadline_s: float = 60.0) -> list[EmailMessage]:
+    """Every message in the mailbox's INBOX, once ``expected`` of them have arrived (IMAP IDLE wakes us)."""
+    deadline = time.monotonic() + deadline_s
+    with IMAPClient(mail.host, mail.imap_port, ssl=False, timeout=30) as imap:
+        imap.login(mail.mailbox_user, mail.mailbox_password.get_secret_value())
+        imap.select_folder("INBOX", readonly=True)
+        uids = imap.search("ALL")
+        while len(uids) < expected and time.monotonic() < deadline:
+            imap.idle()
+            imap.idle_check(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+            imap.idle_done()
+            uids = imap.search("ALL")
+        assert len(uids) == expected, f"{len(uids)} messages arrived, expected {expected}"
+        raw = imap.fetch(uids, ["RFC822"])
+    return [email.message_from_bytes(raw[uid][b"RFC822"], policy=policy.default) for uid in uids]
+
+
+class Malformed(ValueError):
+    """The body is not a complete confirmation."""
+
+
+@dataclass(frozen=True)
+class ParsedOrder:
+    store_id: str
+    order_number: str
+    purchased_at: datetime
+    customer: str
+    cashier: str
+    lines: list[tuple[str, int, Decimal, Decimal]]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+
+
+FIELD = re.compile(
+    r"^(Store|Order number|Date|Customer|Payment|Cashier|Subtotal|Tax \([\d.]+%\)|Total): (.*)$"
+)
+REQUIRED = {"Store", "Order number", "Date", "Customer", "Payment", "Cashier", "Subtotal", "Tax", "Total"}
+
+
+def parse_body(text: str, locales: dict[str, str]) -> ParsedOrder:
+    """A strict reading of the text part: every field present, every item line complete.
+
+    ``locales`` maps store id to the store's locale (master data), which says how amounts are written.
+    """
+    fields: dict[str, str] = {}
+    cells: list[list[str]] = []
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("SKU ") and line.endswith("Line total"):
+            in_table = True
+        elif in_table and not line:
+            in_table = False
+        elif in_table:
+            cells.append([cell.strip() for cell in line.split(" | ")])
+        elif match := FIELD.match(line):
+            fields[match.group(1).split(" (")[0]] = match.group(2)
+    if REQUIRED - fields.keys():
+        raise Malformed(f"missing {sorted(REQUIRED - fields.keys())}")
+    store_id = fields["Store"].split(" ", 1)[0]
+    locale = locales[store_id]
+    lines = []
+    for row in cells:
+        if len(row) != 5:
+            raise Malformed(f"an item line with {len(row)} columns: {' | '.join(row)!r}")
+        lines.append((row[0], int(row[2]), parse_money(row[3], locale), parse_money(row[4], locale)))
+    return ParsedOrder(
+        store_id=store_id,
+        order_number=fields["Order number"],
+        purchased_at=datetime.fromisoformat(fields["Date"]),
+        customer=fields["Customer"],
+        cashier=fields["Cashier"],
+        lines=lines,
+        subtotal=parse_money(fields["Subtotal"], locale),
+        tax=parse_money(fields["Tax"], locale),
+        total=parse_money(fields["Total"], locale),
+    )
+
+
+def text_of(msg: EmailMessage) -> str:
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def encoding_of(msg: EmailMessage) -> str:
+    encodings = {str(part["Content-Transfer-Encoding"]) for part in msg.iter_parts()}
+    assert len(encodings) == 1, encodings  # both parts of an email use the same encoding
+    return encodings.pop()
+
+
+def totals_of(orders: list[ParsedOrder]) -> dict[tuple[str, str | None, str], dict[str, Any]]:
+    out: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    for order in orders:
+        key = ("in_store", order.store_id, order.purchased_at.astimezone(UTC).date().isoformat())
+        row = out.setdefault(key, {"orders": 0, "lines": 0, "net": Decimal("0.00"), "tax": Decimal("0.00")})
+        row["orders"] += 1
+        row["lines"] += len(order.lines)
+        row["net"] += order.subtotal
+        row["tax"] += order.tax
+    for row in out.values():
+        row["gross"] = row["net"] + row["tax"]
+    return out
+
+
+def test_mailbox_holds_what_the_manifest_says(mailbox: MailSettings, tmp_path: Path) -> None:
+    count, share = 240, 0.25
+    run = send_emails(mailbox, EmailsConfig(seed=11, rate=0, count=count, anomaly_share=share))
+    path = run.finish().write(tmp_path / MANIFEST_NAME)
+    facts = json.loads(path.read_text())["facts"]
+    messages = fetch_all(mailbox, expected=count)
+
+    # Every email once, and only the headers a POS sets.
+    assert facts["emails_sent"] == count == facts["orders"] + facts["duplicates"] + facts["malformed_count"]
+    stores = {store.store_id: store for store in build_reference(11).stores}
+    locales = {store_id: store.locale for store_id, store in stores.items()}
+    by_id = {str(m["Message-ID"]): m for m in messages}
+    assert len(by_id) == count
+    assert set(by_id) == {m["message_id"] for m in facts["messages"]}
+    for msg in messages:
+        assert set(msg.keys()) - SERVER_HEADERS == STORE_HEADERS
+        assert msg.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+
+    # The parser rejects exactly the malformed emails, and accepts the rest.
+    parsed: dict[str, ParsedOrder] = {}
+    rejected: dict[str, str] = {}
+    for message_id, msg in by_id.items():
+        try:
+            parsed[message_id] = parse_body(text_of(msg), locales)
+        except Malformed as exc:
+            rejected[message_id] = str(exc)
+    malformed = {m["message_id"]: m for m in facts["malformed"]}
+    assert rejected.keys() == malformed.keys()
+    for message_id, reason in rejected.items():
+        expected = "missing ['Total']" if malformed[message_id]["kind"] == "missing_total" else "4 columns"
+        assert expected in reason
+
+    # Each order is internally exact, dated in its store's zone, and sent from its store.
+    for message_id, order in parsed.items():
+        store = stores[order.store_id]
+        assert order.order_number.startswith(f"{order.store_id}-")
+        assert (
+            by_id[message_id]["From"].addresses[0].addr_spec == f"{order.store_id.lower()}@{mailbox.domain}"
+        )
+        assert by_id[message_id]["Subject"] == f"Order confirmation {order.order_number}"
+        assert (
+            order.purchased_at.utcoffset()
+            == order.purchased_at.astimezone(ZoneInfo(store.timezone)).utcoffset()
+        )
+        for _, qty, unit, line_total in order.lines:
+            assert line_total == unit * qty
+        assert order.subtotal == sum(line[3] for line in order.lines)
+        assert order.tax == money(order.subtotal * store.tax_rate)
+        assert order.total == order.subtotal + order.tax
+
+    # Duplicates: the same order number under a new Message-ID, the same body; counted once.
+    by_number: dict[str, list[str]] = {}
+    for message_id, order in parsed.items():
+        by_number.setdefault(order.order_number, []).append(message_id)
+    repeats = {n: ids for n, ids in by_number.items() if len(ids) > 1}
+    assert sum(len(ids) - 1 for ids in repeats.values()) == facts["duplicates"]
+    for dup in facts["anomalies"]["duplicate"]:
+        assert text_of(by_id[dup["message_id"]]) == text_of(by_id[dup["original_message_id"]])
+        assert dup["order_number"] in repeats
+    first_sent = [parsed[ids[0]] for ids in by_number.values()]
+    assert len(first_sent) == facts["orders"]
+
+    # The manifest's totals are what the bodies say, to the cent.
+    assert totals_of(first_sent) == read_totals(path)
+
+    # Anomalies, observed in the mailbox, at exactly the configured share (the simulator deals out
+    # round(share x count) of them, a sixth of each kind, rather than sampling), encodings as planned.
+    encodings = Counter(encoding_of(m) for m in messages)
+    duplicate_ids = {d["message_id"] for d in facts["anomalies"]["duplicate"]}
+    non_ascii = [i for i, o in parsed.items() if not o.cashier.isascii() and i not in duplicate_ids]
+    observed = {
+        "duplicate": facts["duplicates"],
+        "malformed": len(rejected),
+        "non_ascii": len(non_ascii),
+        "encoded": encodings["quoted-printable"] + encodings["base64"],
+    }
+    duplicated_encoded = sum(
+        1 for d in facts["anomalies"]["duplicate"] if encoding_of(by_id[d["message_id"]]) != "8bit"
+    )
+    per_kind = round(share * count) // len(ANOMALY_KINDS)
+    assert observed == {
+        "duplicate": per_kind,
+        "malformed": 2 * per_kind,
+        "non_ascii": per_kind,
+        "encoded": 2 * per_kind + duplicated_encoded,
+    }
+    assert dict(encodings) == {k: v for k, v in facts["transfer_encodings"].items() if v}
+    for kind, encoding in (("quoted_printable", "quoted-printable"), ("base64", "base64")):
+        assert {encoding_of(by_id[a["message_id"]]) for a in facts["anomalies"][kind]} == {encoding}
+    for a in facts["anomalies"]["non_ascii"]:
+        assert not parsed[a["message_id"]].cashier.isascii()
+        with pytest.raises(UnicodeEncodeError):
+            parsed[a["message_id"]].cashier.encode("latin-1")
+
+
+def test_cli_sends_clean_emails_at_the_rate(
+    mailbox: MailSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in (("HOST", mailbox.host), ("SMTP_PORT", mailbox.smtp_port), ("DOMAIN", mailbox.domain)):
+        monkeypatch.setenv(f"OMNISTREAM_MAIL__{key}", str(value))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            simulate_app,
+            [
+                *("emails", "--seed", "4", "--rate", "20", "--duration", "1", "--anomaly-share", "0"),
+                *("--to", mailbox.mailbox_address, "--out", str(tmp_path)),
+            ],
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    manifest = tmp_path / MANIFEST_NAME
+    facts = json.loads(manifest.read_text())["facts"]
+    assert facts["emails_sent"] == facts["orders"] == 20
+    assert facts["run"]["seconds"] >= 19 / 20  # the 20th email is due 0.95 s after the first
+    messages = fetch_all(mailbox, expected=20)
+    assert {encoding_of(m) for m in messages} == {"8bit"}
+    locales = {store.store_id: store.locale for store in build_reference(4).stores}
+    assert totals_of([parse_body(text_of(m), locales) for m in messages]) == read_totals(manifest)

@@ -1,0 +1,102 @@
+"""``omnistream stack``: idempotent up, a down that leaves nothing behind, failures reported by name."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omnistream.settings import Settings
+from omnistream.stack import process
+from omnistream.stack.layout import Layout
+from omnistream.stack.manager import ServiceFailed, Stack
+from omnistream.stack.services import SERVICE_NAMES
+
+pytestmark = pytest.mark.integration
+
+
+def second_stack_settings(session: Settings, state_dir: Path, port_offset: int = 200) -> Settings:
+    """Another stack beside the session's: own state and ports (the session's plus an offset), shared
+    downloads."""
+
+    def shifted(section: str, *fields: str) -> dict[str, int]:
+        return {f: getattr(getattr(session, section), f) + port_offset for f in fields}
+
+    return Settings(
+        stack={"state_dir": state_dir, "dist_dir": Layout.from_settings(session).dist},
+        postgres=shifted("postgres", "port"),
+        kafka=shifted("kafka", "port", "controller_port"),
+        registry=shifted("registry", "port", "management_port"),
+        connect={**shifted("connect", "port"), "group_id": "omnistream-connect-second"},
+        mail=shifted("mail", "smtp_port", "imap_port", "api_port"),
+        gcs=shifted("gcs", "port"),
+    )
+
+
+def test_up_twice_leaves_running_services_alone(stack_settings: Settings) -> None:
+    stack = Stack(stack_settings)
+    before = {name: stack.pid(service) for name, service in stack.services.items()}
+    report = stack.up()
+    assert report.started == []
+    assert sorted(report.already_running) == sorted(SERVICE_NAMES)
+    assert {name: stack.pid(service) for name, service in stack.services.items()} == before
+    assert all(s.healthy for s in stack.status())
+
+
+def test_down_stops_every_process_it_started(stack_settings: Settings, tmp_path: Path) -> None:
+    settings = second_stack_settings(stack_settings, tmp_path / "second")
+    stack = Stack(settings)
+    try:
+        stack.up()
+        pids = {name: stack.pid(service) for name, service in stack.services.items()}
+        assert all(pids.values()), pids
+        family = {pid: process.descendants(pid) for pid in pids.values() if pid}
+    finally:
+        stopped = stack.down(purge=True)
+    assert sorted(stopped) == sorted(SERVICE_NAMES)
+    survivors = [p for pid, kids in family.items() for p in (pid, *kids) if process.is_running(p)]
+    assert survivors == []
+    assert not (tmp_path / "second" / "data").exists()
+
+
+def test_taken_port_is_reported_with_the_service_name(stack_settings: Settings, tmp_path: Path) -> None:
+    settings = second_stack_settings(stack_settings, tmp_path / "taken", port_offset=300)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((settings.gcs.host, settings.gcs.port))
+        squatter.listen()
+        with pytest.raises(ServiceFailed) as failure:
+            Stack(settings).up(["gcs"])
+        assert failure.value.service == "gcs"
+        assert "already in use" in failure.value.reason
+
+        env = {
+            **os.environ,
+            "OMNISTREAM_STACK__STATE_DIR": str(tmp_path / "taken"),
+            "OMNISTREAM_STACK__DIST_DIR": str(Layout.from_settings(stack_settings).dist),
+            "OMNISTREAM_GCS__PORT": str(settings.gcs.port),
+        }
+        cli = subprocess.run(
+            [sys.executable, "-m", "omnistream", "stack", "up", "gcs"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    assert cli.returncode == 1
+    assert "gcs did not come up" in cli.stdout
+    assert f"port {settings.gcs.port}" in cli.stdout
+
+
+def test_status_command_reports_every_service_healthy(stack_settings: Settings) -> None:
+    cli = subprocess.run(
+        [sys.executable, "-m", "omnistream", "stack", "status"], capture_output=True, text=True, check=False
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    for name in SERVICE_NAMES:
+        assert name in cli.stdout
+    assert cli.stdout.count("healthy") == len(SERVICE_NAMES)

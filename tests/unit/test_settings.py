@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omnistream.settings import Settings
+from omnistream.stack.versions import VERSIONS_FILE, pinned_versions, version
+
+
+def test_defaults_point_at_the_local_stack() -> None:
+    s = Settings()
+    assert s.kafka.bootstrap_servers == f"127.0.0.1:{s.kafka.port}"
+    assert s.registry.url.endswith("/apis/ccompat/v7")
+    assert s.stack.state_dir == Path(".omnistream")
+
+
+def test_env_vars_override_nested_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNISTREAM_KAFKA__PORT", "29092")
+    monkeypatch.setenv("OMNISTREAM_POSTGRES__APP_PASSWORD", "s3cret")
+    s = Settings()
+    assert s.kafka.bootstrap_servers.endswith(":29092")
+    assert "s3cret" not in repr(s.postgres)  # secrets stay out of logs and tracebacks
+    assert "password=s3cret" in s.postgres.app_dsn()
+
+
+def test_every_default_port_is_below_the_ephemeral_range() -> None:
+    s = Settings()
+    ports = [
+        s.postgres.port,
+        s.kafka.port,
+        s.kafka.controller_port,
+        s.registry.port,
+        s.registry.management_port,
+        s.connect.port,
+        s.mail.smtp_port,
+        s.mail.imap_port,
+        s.mail.api_port,
+        s.gcs.port,
+        s.api.port,
+    ]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 < p < 32768 for p in ports)
+
+
+def test_every_server_version_is_pinned_once() -> None:
+    pins = pinned_versions()
+    for server in ("KAFKA", "DEBEZIUM", "APICURIO", "GREENMAIL", "SNOWFLAKE_CONNECTOR", "POSTGRES"):
+        assert version(server) == pins[f"{server}_VERSION"]
+    keys = [line.split("=")[0] for line in VERSIONS_FILE.read_text().splitlines() if "=" in line]
+    assert len(keys) == len(set(keys))
+    with pytest.raises(KeyError, match="not pinned"):
+        version("NOPE")
