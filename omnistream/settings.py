@@ -35,6 +35,8 @@ class PostgresSettings(BaseModel):
     port: int = 15432
     database: str = "shop"
     superuser: str = "postgres"
+    # Empty for the local stack, whose superuser is trusted on loopback; set it for any other server.
+    superuser_password: SecretStr = SecretStr("")
     app_user: str = "shop_app"
     app_password: SecretStr = SecretStr("shop_app")
     replication_user: str = "debezium"
@@ -44,8 +46,11 @@ class PostgresSettings(BaseModel):
     max_wal_senders: int = 10
 
     def dsn(self, user: str | None = None, password: str | None = None, dbname: str | None = None) -> str:
+        """A libpq connection string; the superuser's unless ``user`` is given."""
         parts = [f"host={self.host}", f"port={self.port}", f"dbname={dbname or self.database}"]
         parts.append(f"user={user or self.superuser}")
+        if user is None:
+            password = self.superuser_password.get_secret_value()
         if password:
             parts.append(f"password={password}")
         return " ".join(parts)

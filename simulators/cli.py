@@ -117,10 +117,20 @@ def simulate_orders_command(
     duration: float = typer.Option(60.0, "--duration", min=0.0, help="Seconds to write new orders for."),
     count: int | None = typer.Option(None, "--count", min=0, help="New orders (overrides rate x duration)."),
     schema: str = typer.Option("shop", "--schema", help="Postgres schema to write into."),
+    schema_only: bool = typer.Option(False, "--schema-only", help="Create the tables, write no orders."),
     out: Path | None = OUT,
 ) -> None:
     """Write online orders into PostgreSQL and move them through their lifecycle."""
     from simulators.orders import OrdersConfig, simulate_orders
+
+    if schema_only:
+        import psycopg
+
+        from simulators.shop_db import ensure_shop_schema
+
+        with psycopg.connect(get_settings().postgres.app_dsn()) as conn:
+            ensure_shop_schema(conn, schema=schema)
+        return
 
     config = OrdersConfig(seed=seed, rate=rate, duration=duration, count=count, schema=schema)
     path = simulate_orders(get_settings().postgres.app_dsn(), config, out_dir(out, "orders"))

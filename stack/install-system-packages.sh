@@ -9,6 +9,8 @@ command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v runuser >/dev/null || missing+=(util-linux)
+# A compose implementation, to check docker-compose.yml where no Docker engine runs (tests only).
+command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
 
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} from Debian's packages"

@@ -51,6 +51,18 @@ def up(services: Services = None) -> None:
 
 
 @stack_app.command()
+def bootstrap(services: Services = None) -> None:
+    """Apply the idempotent set-up (Postgres roles and publication, registry rules) to running servers.
+
+    ``stack up`` does this itself; this command is for servers it did not start (docker compose, cloud).
+    """
+    stack = Stack(get_settings())
+    for service in stack.select(services):
+        service.bootstrap()
+        console.print(f"{service.name}: bootstrapped")
+
+
+@stack_app.command()
 def down(
     purge: bool = typer.Option(False, "--purge", help="Also delete data and logs (downloads are kept)."),
 ) -> None:

@@ -45,7 +45,8 @@ class MavenPart:
 
 MAVEN_PARTS = (
     MavenPart("kafka", "dependency:copy-dependencies", ("KAFKA", "SCALA", "LOG4J"), clean="kafka/libs"),
-    MavenPart("artifacts", "package", ("DEBEZIUM", "SNOWFLAKE_CONNECTOR", "APICURIO", "GREENMAIL")),
+    MavenPart("connect-plugins", "package", ("DEBEZIUM", "SNOWFLAKE_CONNECTOR")),
+    MavenPart("servers", "package", ("APICURIO", "GREENMAIL")),
 )
 
 

@@ -1,0 +1,18 @@
+# The omnistream application image: CLI, simulators, producers, landing sink, dbt and Airflow.
+ARG PYTHON_VERSION=3.11
+FROM python:${PYTHON_VERSION}-slim
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md .env ./
+COPY omnistream ./omnistream
+COPY simulators ./simulators
+COPY producers ./producers
+COPY schemas ./schemas
+COPY connect ./connect
+COPY stack ./stack
+COPY dbt ./dbt
+COPY airflow ./airflow
+RUN pip install -e . && useradd --create-home omnistream && mkdir -p /data && chown omnistream /data
+USER omnistream
+ENV OMNISTREAM_STACK__STATE_DIR=/data
+ENTRYPOINT ["omnistream"]

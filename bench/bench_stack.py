@@ -1,0 +1,62 @@
+"""Local stack start-up times and memory, measured on a second stack beside any running one.
+
+Prints: `stack up` from nothing (cluster creation, KRaft format, registry and Connect boot), `stack up`
+again with the data in place (a restart), and the resident memory of every service once up.
+Downloads are shared with the default state directory, so run `omnistream stack install` first.
+
+    .venv/bin/python bench/bench_stack.py [--port-offset 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from omnistream.settings import Settings, get_settings
+from omnistream.stack.layout import Layout
+from omnistream.stack.manager import Stack
+
+
+def shifted_settings(base: Settings, state_dir: Path, offset: int) -> Settings:
+    def shift(section: str, *fields: str) -> dict[str, int]:
+        return {f: getattr(getattr(base, section), f) + offset for f in fields}
+
+    return Settings(
+        stack={"state_dir": state_dir, "dist_dir": Layout.from_settings(base).dist},
+        postgres=shift("postgres", "port"),
+        kafka=shift("kafka", "port", "controller_port"),
+        registry=shift("registry", "port", "management_port"),
+        connect={**shift("connect", "port"), "group_id": "omnistream-connect-bench"},
+        mail=shift("mail", "smtp_port", "imap_port", "api_port"),
+        gcs=shift("gcs", "port"),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port-offset", type=int, default=400)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="omnistream-bench-") as tmp:
+        stack = Stack(shifted_settings(get_settings(), Path(tmp) / "state", args.port_offset))
+        try:
+            began = time.monotonic()
+            stack.up(progress=lambda _: None)
+            cold = time.monotonic() - began
+            rows = [(s.name, s.rss_kib) for s in stack.status()]
+            stack.down()
+            began = time.monotonic()
+            stack.up(progress=lambda _: None)
+            restart = time.monotonic() - began
+        finally:
+            stack.down(purge=True)
+    print(f"stack up, new data dirs:      {cold:6.1f} s")
+    print(f"stack up, existing data dirs: {restart:6.1f} s")
+    for name, rss in rows:
+        print(f"  {name:<10} {rss / 1024:8.0f} MiB resident")
+    print(f"  {'total':<10} {sum(r for _, r in rows) / 1024:8.0f} MiB resident")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""One order-confirmation email → a checked ``StoreOrder``, or a ``ParseError`` that says what is wrong.
+
+The data is read from the ``text/plain`` part (the HTML part, ``table.order`` and ``table.lines``, only when
+there is no text part). Both are first reduced to the receipt as printed (labelled fields and item rows of
+cells), then interpreted and checked the same way:
+
+- every field present: Store, Order number, Date (ISO 8601 with a UTC offset), Customer (a number or
+  ``walk-in``), Payment, Cashier, Subtotal, Tax (with its rate, ``Tax (19%)``), Total;
+- every item row complete: five columns, no U+FFFD (what a broken encoder leaves where bytes were lost);
+- money exact: amounts are read as ``Decimal`` in the till's format, which the amounts themselves identify
+  (``1.234,56 €``, ``1 234,56 €``, ``€ 1.234,56``, ``€1,234.56``; see omnistream.money), all in one format;
+- money consistent: line total = unit price x quantity, subtotal = sum of line totals,
+  tax = subtotal x rate rounded half-up to the cent, total = subtotal + tax.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from email import policy
+from email.message import EmailMessage
+from html.parser import HTMLParser
+
+from omnistream.money import FORMATS, MoneyFormat, format_percent, parse_percent, round_cents
+from producers.emails.model import OrderLine, Provenance, StoreOrder
+
+WALK_IN = "walk-in"
+COLUMNS = ("SKU", "Item", "Qty", "Unit price", "Line total")
+REQUIRED_FIELDS = ("Store", "Order number", "Date", "Customer", "Payment", "Cashier", "Subtotal", "Tax", "Total")
+REPLACEMENT_CHARACTER = "\ufffd"
+# "Tax (19%)" → label "Tax", note "19%"; other labels have no note.
+_LABEL = re.compile(r"(?P<label>[^():]+?)(?: \((?P<note>[^()]*)\))?")
+_TEXT_FIELD = re.compile(r"(?P<label>[^:|]+?): (?P<value>.*)")
+_TABLE_HEADER = re.compile(r"SKU\s*\|")
+_QUANTITY = re.compile(r"[1-9]\d*")
+_ORDER_NUMBER = re.compile(r"\S+")
+# Distinct formats only (es_ES and it_IT write amounts exactly as de_DE does), in a stable order.
+_DISTINCT_FORMATS: tuple[MoneyFormat, ...] = tuple(dict.fromkeys(FORMATS.values()))
+
+
+class ParseError(ValueError):
+    """An email that is not a complete, consistent order confirmation; ``reason`` says precisely why."""
+
+    def __init__(self, reason: str, message_id: str | None = None, order_number: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.message_id = message_id
+        self.order_number = order_number
+
+
+@dataclass
+class Receipt:
+    """A confirmation as printed, before interpretation: labelled fields and item rows of cells."""
+
+    part: str  # the MIME type it was read from
+    fields: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # label → the bracketed note, e.g. Tax → 19%
+    rows: list[list[str]] = field(default_factory=list)
+
+    def add_field(self, label_text: str, value: str) -> None:
+        match = _LABEL.fullmatch(label_text.strip())
+        if match is None:
+            return
+        label = match["label"]
+        if label not in REQUIRED_FIELDS:
+            return  # a line the producer does not need (a POS may add some); not an error
+        if label in self.fields:
+            raise ParseError(f"the {label} field appears twice in the {self.part} part")
+        self.fields[label] = value.strip()
+        if match["note"] is not None:
+            self.notes[label] = match["note"]
+
+
+def read_message(raw: bytes) -> EmailMessage:
+    """The email in ``raw`` (RFC 822 bytes)."""
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)  # policy.default always builds EmailMessage
+    return msg
+
+
+def message_id_of(msg: EmailMessage) -> str | None:
+    """The Message-ID header, or None if the email has none."""
+    value = msg.get("Message-ID")
+    return str(value).strip() if value is not None and str(value).strip() else None
+
+
+def parse_email(raw: bytes, provenance: Provenance) -> StoreOrder:
+    """The order confirmed by the email ``raw``; ``ParseError`` (with the Message-ID) if it is not one."""
+    msg = read_message(raw)
+    message_id = message_id_of(msg)
+    receipt: Receipt | None = None
+    try:
+        receipt = read_receipt(msg)
+        return build_order(receipt, message_id, provenance)
+    except ParseError as exc:
+        order_number = receipt.fields.get("Order number") if receipt is not None else None
+        raise ParseError(exc.reason, message_id, order_number or None) from None
+
+
+def read_receipt(msg: EmailMessage) -> Receipt:
+    """The receipt from the text part, or from the HTML part if there is no text part."""
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        raise ParseError(f"no text/plain or text/html part (the email is {msg.get_content_type()})")
+    try:
+        content = part.get_content()
+    except (LookupError, UnicodeError) as exc:  # an unknown charset, or bytes it cannot decode
+        raise ParseError(f"the {part.get_content_type()} part cannot be decoded: {exc}") from exc
+    if not isinstance(content, str):
+        raise ParseError(f"the {part.get_content_type()} part is not text")
+    if part.get_content_type() == "text/plain":
+        return receipt_from_text(content)
+    return receipt_from_html(content)
+
+
+def receipt_from_text(text: str) -> Receipt:
+    """The plain-text body: ``Label: value`` lines, and a ``|``-separated table under a ``SKU | …`` header."""
+    receipt = Receipt("text/plain")
+    in_table = False
+    for line in text.splitlines():
+        if in_table:
+            if not line.strip():
+                in_table = False
+            else:
+                receipt.rows.append([cell.strip() for cell in line.split("|")])
+        elif _TABLE_HEADER.match(line):
+            in_table = True
+        elif match := _TEXT_FIELD.fullmatch(line):
+            receipt.add_field(match["label"], match["value"])
+    return receipt
+
+
+class _HtmlTables(HTMLParser):
+    """Collects the cells of ``table.order`` and ``table.lines`` (head, body and foot rows)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: dict[tuple[str, str], list[list[tuple[str, str]]]] = {}
+        self._table: str | None = None
+        self._section = "tbody"
+        self._row: list[tuple[str, str]] | None = None
+        self._cell: tuple[str, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            classes = (dict(attrs).get("class") or "").split()
+            self._table = next((c for c in classes if c in ("order", "lines")), None)
+            self._section = "tbody"
+        elif tag in ("thead", "tbody", "tfoot"):
+            self._section = tag
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("th", "td") and self._row is not None:
+            self._cell = (tag, [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td") and self._cell is not None and self._row is not None:
+            self._row.append((self._cell[0], "".join(self._cell[1]).strip()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            self.rows.setdefault((self._table, self._section), []).append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell[1].append(data)
+
+
+def receipt_from_html(markup: str) -> Receipt:
+    """The HTML body: ``table.order`` rows of ``<th>label</th><td>value</td>``, ``table.lines`` items and totals."""
+    tables = _HtmlTables()
+    tables.feed(markup)
+    tables.close()
+    receipt = Receipt("text/html")
+    labelled = tables.rows.get(("order", "tbody"), []) + tables.rows.get(("lines", "tfoot"), [])
+    for row in labelled:
+        if len(row) >= 2 and row[0][0] == "th":
+            receipt.add_field(row[0][1], row[-1][1])
+    receipt.rows = [[text for _, text in row] for row in tables.rows.get(("lines", "tbody"), [])]
+    return receipt
+
+
+def _amounts_format(amounts: list[tuple[str, str]]) -> MoneyFormat:
+    """The one money format every amount is written in; ``amounts`` are (where, text) pairs."""
+    matching = []
+    for fmt in _DISTINCT_FORMATS:
+        try:
+            values = tuple(fmt.parse(text) for _, text in amounts)
+        except ValueError:
+            continue
+        matching.append((fmt, values))
+    if not matching:
+        for where, text in amounts:
+            if not any(_parses(fmt, text) for fmt in _DISTINCT_FORMATS):
+                examples = ", ".join(repr(f.format(Decimal("1234.56"))) for f in _DISTINCT_FORMATS)
+                raise ParseError(f"{where} {text!r} is not an amount in any store format ({examples})")
+        listed = "; ".join(f"{where} {text!r}" for where, text in amounts)
+        raise ParseError(f"the amounts are not all written in one format: {listed}")
+    # Two formats can both read every amount only if none has a group separator (1,00 € in de_DE and
+    # fr_FR); they then read the same values. Different values would be a real ambiguity.
+    if len({values for _, values in matching}) > 1 or len({fmt.currency for fmt, _ in matching}) > 1:
+        raise ParseError(f"the amounts can be read in more than one way: {[text for _, text in amounts]}")
+    return matching[0][0]
+
+
+def _parses(fmt: MoneyFormat, text: str) -> bool:
+    try:
+        fmt.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_not_garbled(receipt: Receipt) -> None:
+    for label, value in receipt.fields.items():
+        if REPLACEMENT_CHARACTER in value:
+            raise ParseError(f"the {label} field is garbled (U+FFFD replacement characters): {value!r}")
+    for n, cells in enumerate(receipt.rows, start=1):
+        printed = " | ".join(cells)
+        garbled = REPLACEMENT_CHARACTER in printed
+        if len(cells) < len(COLUMNS):
+            what = ", with U+FFFD replacement characters (garbled)" if garbled else ""
+            raise ParseError(
+                f"item line {n} has {len(cells)} of {len(COLUMNS)} columns ({' | '.join(COLUMNS)}){what}: "
+                f"{printed!r}"
+            )
+        if garbled:
+            raise ParseError(f"item line {n} is garbled (U+FFFD replacement characters): {printed!r}")
+
+
+def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance) -> StoreOrder:
+    """Interpret and check ``receipt``; ``ParseError`` names the first thing missing or inconsistent."""
+    missing = [label for label in REQUIRED_FIELDS if label not in receipt.fields]
+    if missing:
+        raise ParseError(f"missing field(s) in the {receipt.part} part: {', '.join(missing)}")
+    _check_not_garbled(receipt)
+    if not receipt.rows:
+        raise ParseError(f"no item lines in the {receipt.part} part")
+    f = receipt.fields
+
+    store_id, _, store_name = f["Store"].partition(" ")
+    if not store_id or not store_name.strip():
+        raise ParseError(f"Store {f['Store']!r} is not '<store id> <store name>'")
+    order_number = f["Order number"]
+    if not _ORDER_NUMBER.fullmatch(order_number):
+        raise ParseError(f"Order number {order_number!r} is empty or has spaces")
+    ordered_at = _parse_date(f["Date"])
+    customer_id = _parse_customer(f["Customer"])
+    for label in ("Payment", "Cashier"):
+        if not f[label]:
+            raise ParseError(f"the {label} field is empty")
+    rate_text = receipt.notes.get("Tax")
+    if rate_text is None:
+        raise ParseError(f"the Tax field has no rate (expected e.g. 'Tax (19%)'): Tax {f['Tax']!r}")
+    try:
+        tax_rate = parse_percent(rate_text)
+    except ValueError as exc:
+        raise ParseError(f"the tax rate {rate_text!r} is not a percentage such as '19%'") from exc
+
+    rows = []
+    for cells in receipt.rows:
+        # A name with a "|" in it splits into more cells; the SKU is first and the numbers are last.
+        sku, *name, quantity, unit, line_total = cells
+        rows.append((sku, " | ".join(name), quantity, unit, line_total))
+    amounts = [(f"item line {n} {column}", row[i]) for n, row in enumerate(rows, 1) for i, column in ((3, "Unit price"), (4, "Line total"))]
+    amounts += [(label, f[label]) for label in ("Subtotal", "Tax", "Total")]
+    fmt = _amounts_format(amounts)
+    money = fmt.format
+
+    lines = []
+    for n, (sku, name, quantity_text, unit_text, total_text) in enumerate(rows, start=1):
+        if not sku or not name:
+            raise ParseError(f"item line {n} has an empty SKU or item name: {' | '.join(receipt.rows[n - 1])!r}")
+        if not _QUANTITY.fullmatch(quantity_text):
+            raise ParseError(f"item line {n} quantity {quantity_text!r} is not a positive whole number")
+        quantity, unit_price, line_total = int(quantity_text), fmt.parse(unit_text), fmt.parse(total_text)
+        if line_total != unit_price * quantity:
+            raise ParseError(
+                f"item line {n} ({sku}): {quantity} x {money(unit_price)} is "
+                f"{money(unit_price * quantity)}, not {money(line_total)}"
+            )
+        lines.append(OrderLine(n, sku, name, quantity, unit_price, line_total))
+
+    subtotal, tax, total = (fmt.parse(f[label]) for label in ("Subtotal", "Tax", "Total"))
+    lines_sum = sum((line.line_total for line in lines), Decimal("0.00"))
+    if subtotal != lines_sum:
+        raise ParseError(f"Subtotal {money(subtotal)} is not the sum of the line totals, {money(lines_sum)}")
+    expected_tax = round_cents(subtotal * tax_rate)
+    if tax != expected_tax:
+        raise ParseError(
+            f"Tax {money(tax)} is not {format_percent(tax_rate)} of {money(subtotal)} rounded half-up to "
+            f"the cent, {money(expected_tax)}"
+        )
+    if total != subtotal + tax:
+        raise ParseError(
+            f"Total {money(total)} is not Subtotal + Tax, {money(subtotal)} + {money(tax)} = "
+            f"{money(subtotal + tax)}"
+        )
+    return StoreOrder(
+        order_number=order_number,
+        store_id=store_id,
+        store_name=store_name.strip(),
+        ordered_at=ordered_at,
+        customer_id=customer_id,
+        payment_method=f["Payment"],
+        cashier=f["Cashier"],
+        lines=tuple(lines),
+        subtotal=subtotal,
+        tax_rate=tax_rate,
+        tax=tax,
+        total=total,
+        currency=fmt.currency,
+        message_id=message_id,
+        provenance=provenance,
+    )
+
+
+def _parse_date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ParseError(f"Date {text!r} is not an ISO 8601 date and time") from exc
+    if value.utcoffset() is None:
+        raise ParseError(f"Date {text!r} has no UTC offset, so it names no instant")
+    return value
+
+
+def _parse_customer(text: str) -> int | None:
+    if text == WALK_IN:
+        return None
+    if not text.isascii() or not text.isdigit():
+        raise ParseError(f"Customer {text!r} is neither a customer number nor {WALK_IN!r}")
+    return int(text)

@@ -1,0 +1,327 @@
+"""Full snapshots of the master-data API into compacted topics, with tombstones for what disappeared.
+
+One snapshot, per entity:
+
+1. read the entity's compacted topic to its end: the live keys and a fingerprint of each latest value;
+2. walk the whole collection (no ``updated_since``: only a full walk reveals deletions) and publish every
+   entity that is new or whose content changed (all of them with ``republish``), keyed by id;
+3. only once the walk has reached its last page and every record is acknowledged: publish a tombstone for
+   each key alive in the topic that the walk did not see.
+
+A snapshot that fails or is killed anywhere before step 3 has published only real entities and no
+tombstone; the next one starts over with a fresh full walk. A re-run with no change publishes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import NewTopic
+from confluent_kafka.schema_registry import Schema, SchemaRegistryError
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from omnistream.kafka import TopicSpec, admin, load_schema, producer_config, registry_client
+from omnistream.settings import Settings
+from omnistream.topics import dlq
+from producers.masterdata.client import ApiClient
+from producers.masterdata.entities import EntitySpec, topic_names
+from producers.masterdata.records import InvalidRecord, RecordConverter
+from producers.masterdata.state import TopicState, read_topic_state
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotFailed(Exception):
+    """Kafka did not take the snapshot's records; the snapshot is incomplete and published no tombstone."""
+
+
+class SchemaRejected(Exception):
+    """The registry refused an entity's schema (most likely a change that is not BACKWARD compatible)."""
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    """How snapshots are taken and where they go."""
+
+    page_size: int = 500
+    topics: Mapping[str, str] = field(default_factory=topic_names)
+    # Publish every entity, changed or not: to re-seed a topic's consumers from scratch.
+    republish: bool = False
+    partitions: int = 3
+    state_timeout_s: float = 120.0
+    flush_timeout_s: float = 60.0
+
+
+@dataclass
+class EntityReport:
+    """How far one entity's snapshot got; passed to the progress callback as it changes."""
+
+    entity: str
+    topic: str
+    phase: str = "pending"  # pending, reading topic, walking, tombstoning, done, failed
+    previously_live: int = 0
+    pages: int = 0
+    fetched: int = 0
+    published: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    tombstones: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.phase == "done"
+
+
+@dataclass
+class SnapshotReport:
+    """One snapshot: its id and start, and a report per entity."""
+
+    snapshot_id: str
+    snapshot_at: datetime
+    entities: list[EntityReport] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.entities) and all(e.complete for e in self.entities)
+
+
+ProgressCallback = Callable[[EntityReport], None]
+
+
+def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> None:
+    """Create the topics that do not exist yet, like ``omnistream.kafka.ensure_topics``.
+
+    That one lets its AdminClient be collected as soon as ``create_topics`` returns, which destroys the
+    handle and fails every future with ``_DESTROY``; this one keeps the client until the futures resolve.
+    """
+    client = admin(settings)
+    futures = client.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in specs],
+        operation_timeout=30,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(timeout=60)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+
+
+def new_snapshot_id(at: datetime) -> str:
+    """Sortable by time, unique across producers: ``20240501T120000Z-1a2b3c4d``."""
+    return f"{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Channel:
+    """Everything needed to publish one entity to its topic."""
+
+    spec: EntitySpec
+    topic: str
+    converter: RecordConverter
+    serializer: AvroSerializer
+    deserializer: AvroDeserializer
+
+
+class MasterDataProducer:
+    """Publishes snapshots of master-data collections; use as a context manager so it always flushes."""
+
+    def __init__(self, settings: Settings, client: ApiClient, options: SnapshotOptions | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.options = options or SnapshotOptions()
+        self._registry = registry_client(settings)
+        self._producer = Producer(producer_config(settings))
+        self._channels: dict[str, _Channel] = {}
+        self._failures: list[str] = []
+
+    def __enter__(self) -> MasterDataProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Deliver what is still queued (bounded by the flush timeout)."""
+        left = self._producer.flush(self.options.flush_timeout_s)
+        if left:
+            log.error("%d master-data records were still undelivered at close", left)
+
+    def prepare(self, specs: list[EntitySpec]) -> None:
+        """Create the topics (compacted, plus dead-letter topics) and register the schemas; idempotent."""
+        todo = [s for s in specs if s.name not in self._channels]
+        if not todo:
+            return
+        topics = {s.name: self.options.topics[s.name] for s in todo}
+        parts = self.options.partitions
+        _ensure_topics(
+            self.settings,
+            [TopicSpec.compacted(t, parts) for t in topics.values()]
+            + [TopicSpec(dlq(t), parts) for t in topics.values()],
+        )
+        for spec in todo:
+            topic = topics[spec.name]
+            text = load_schema(spec.schema)
+            subject = f"{topic}-value"
+            try:
+                schema_id = self._registry.register_schema(subject, Schema(text, "AVRO"))
+            except SchemaRegistryError as exc:
+                raise SchemaRejected(
+                    f"the schema registry refused schemas/{spec.schema}.avsc for subject {subject}: {exc}; "
+                    "a schema change must stay BACKWARD compatible (new fields need defaults)"
+                ) from exc
+            log.info("schema %s registered for %s (id %d)", spec.schema, subject, schema_id)
+            self._channels[spec.name] = _Channel(
+                spec,
+                topic,
+                RecordConverter(text, spec.key_field),
+                AvroSerializer(self._registry, text, conf={"auto.register.schemas": False}),
+                # Older versions are read into the current shape, so content compares field by field.
+                AvroDeserializer(self._registry, text),
+            )
+
+    def snapshot(
+        self,
+        specs: list[EntitySpec],
+        on_progress: ProgressCallback | None = None,
+        snapshot_at: datetime | None = None,
+    ) -> SnapshotReport:
+        """One full snapshot of ``specs``, entity after entity; raises at the first entity that fails."""
+        self.prepare(specs)
+        at = (snapshot_at or datetime.now(UTC)).astimezone(UTC)
+        report = SnapshotReport(new_snapshot_id(at), at)
+        report.entities = [EntityReport(s.name, self._channels[s.name].topic) for s in specs]
+        notify = on_progress or (lambda _: None)
+        for spec, entity_report in zip(specs, report.entities, strict=True):
+            try:
+                self._snapshot_entity(self._channels[spec.name], report, entity_report, notify)
+            except BaseException:
+                entity_report.phase = "failed"
+                notify(entity_report)
+                raise
+        log.info("snapshot %s complete: %s", report.snapshot_id, _summary(report))
+        return report
+
+    def _snapshot_entity(
+        self, channel: _Channel, snapshot: SnapshotReport, report: EntityReport, notify: ProgressCallback
+    ) -> None:
+        report.phase = "reading topic"
+        notify(report)
+        state = self._read_state(channel)
+        report.previously_live = len(state.live)
+        report.phase = "walking"
+        notify(report)
+        seen: set[str] = set()
+        for page in self.client.walk(channel.spec.name, self.options.page_size):
+            report.pages += 1
+            for item in page.items:
+                self._publish_item(channel, item, snapshot, state, seen, report)
+            notify(report)
+        self._flush(f"{channel.topic} records")
+        # The walk reached its last page and every record is acknowledged: only now is absence meaningful.
+        report.phase = "tombstoning"
+        notify(report)
+        for key in state.missing_from(seen):
+            self._produce(channel.topic, key.encode(), None)
+            report.tombstones += 1
+        self._flush(f"{channel.topic} tombstones")
+        report.phase = "done"
+        notify(report)
+        log.info("%s: %s", channel.spec.name, _entity_summary(report))
+
+    def _read_state(self, channel: _Channel) -> TopicState:
+        ctx = SerializationContext(channel.topic, MessageField.VALUE)
+
+        def fingerprint(key: str, value: bytes) -> bytes:
+            record = channel.deserializer(value, ctx)
+            return channel.converter.fingerprint(record) if isinstance(record, dict) else b""
+
+        return read_topic_state(self.settings, channel.topic, fingerprint, self.options.state_timeout_s)
+
+    def _publish_item(
+        self,
+        channel: _Channel,
+        item: Any,
+        snapshot: SnapshotReport,
+        state: TopicState,
+        seen: set[str],
+        report: EntityReport,
+    ) -> None:
+        report.fetched += 1
+        key = channel.converter.key(item) if isinstance(item, dict) else None
+        if key is not None:
+            # The API served it, so it exists: never tombstone it, even if its record is rejected below.
+            seen.add(key)
+        try:
+            if key is None:
+                raise InvalidRecord(f"no usable {channel.spec.key_field}")
+            record = channel.converter.convert(item, snapshot.snapshot_id, snapshot.snapshot_at)
+            value = channel.serializer(record, SerializationContext(channel.topic, MessageField.VALUE))
+        except (InvalidRecord, ValueError, TypeError) as exc:
+            report.invalid += 1
+            self._dead_letter(channel, key, item, exc, snapshot.snapshot_id)
+            return
+        if not self.options.republish and state.live.get(key) == channel.converter.fingerprint(record):
+            report.unchanged += 1
+            return
+        self._produce(channel.topic, key.encode(), value)
+        report.published += 1
+
+    def _dead_letter(
+        self, channel: _Channel, key: str | None, item: Any, exc: Exception, snapshot_id: str
+    ) -> None:
+        log.warning("%s %s rejected to %s: %s", channel.spec.name, key, dlq(channel.topic), exc)
+        body = {"entity": channel.spec.name, "snapshot_id": snapshot_id, "error": str(exc), "item": item}
+        self._produce(
+            dlq(channel.topic),
+            key.encode() if key is not None else None,
+            json.dumps(body, default=str).encode(),
+            headers=[("error", str(exc).encode()), ("snapshot_id", snapshot_id.encode())],
+        )
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # The local queue is full: serve delivery reports until there is room, then try again.
+                self._producer.poll(0.5)
+        self._producer.poll(0)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()} key {msg.key()!r}: {err.str()}")
+
+    def _flush(self, what: str) -> None:
+        left = self._producer.flush(self.options.flush_timeout_s)
+        if left or self._failures:
+            failures, self._failures = self._failures, []
+            raise SnapshotFailed(
+                f"Kafka did not acknowledge {what}: {left} still queued after "
+                f"{self.options.flush_timeout_s:.0f} s, {len(failures)} failed"
+                + (f" (first: {failures[0]})" if failures else "")
+                + f"; is the broker at {self.settings.kafka.bootstrap_servers} up?"
+            )
+
+
+def _entity_summary(r: EntityReport) -> str:
+    return (
+        f"{r.fetched} fetched in {r.pages} pages, {r.published} published, {r.unchanged} unchanged, "
+        f"{r.invalid} rejected, {r.tombstones} tombstones"
+    )
+
+
+def _summary(report: SnapshotReport) -> str:
+    return "; ".join(f"{e.entity}: {_entity_summary(e)}" for e in report.entities)
