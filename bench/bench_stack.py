@@ -14,24 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from omnistream.settings import Settings, get_settings
-from omnistream.stack.layout import Layout
+from omnistream.settings import get_settings
 from omnistream.stack.manager import Stack
-
-
-def shifted_settings(base: Settings, state_dir: Path, offset: int) -> Settings:
-    def shift(section: str, *fields: str) -> dict[str, int]:
-        return {f: getattr(getattr(base, section), f) + offset for f in fields}
-
-    return Settings(
-        stack={"state_dir": state_dir, "dist_dir": Layout.from_settings(base).dist},
-        postgres=shift("postgres", "port"),
-        kafka=shift("kafka", "port", "controller_port"),
-        registry=shift("registry", "port", "management_port"),
-        connect={**shift("connect", "port"), "group_id": "omnistream-connect-bench"},
-        mail=shift("mail", "smtp_port", "imap_port", "api_port"),
-        gcs=shift("gcs", "port"),
-    )
+from omnistream.stack.second import second_stack_settings
 
 
 def main() -> None:
@@ -39,7 +24,7 @@ def main() -> None:
     parser.add_argument("--port-offset", type=int, default=400)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="omnistream-bench-") as tmp:
-        stack = Stack(shifted_settings(get_settings(), Path(tmp) / "state", args.port_offset))
+        stack = Stack(second_stack_settings(get_settings(), Path(tmp) / "state", args.port_offset))
         try:
             began = time.monotonic()
             stack.up(progress=lambda _: None)

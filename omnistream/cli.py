@@ -6,7 +6,12 @@ import logging
 
 import typer
 
+from omnistream.connect.cli import connect_app
+from omnistream.inspect.cli import topics_app
+from omnistream.replay.cli import replay_app
+from omnistream.sink.cli import sink_app
 from omnistream.stack.cli import stack_app
+from producers.cli import produce_app
 from simulators.cli import simulate_app
 
 app = typer.Typer(
@@ -15,7 +20,12 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(stack_app, name="stack")
+app.add_typer(connect_app, name="connect")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(produce_app, name="produce")
+app.add_typer(sink_app, name="sink")
+app.add_typer(replay_app, name="replay")
+app.add_typer(topics_app, name="topics")
 
 
 @app.callback()

@@ -134,6 +134,18 @@ class ApiSettings(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+class LandingSettings(BaseModel):
+    """The landing sink: Kafka topics to Parquet files, in a local directory or a GCS bucket."""
+
+    # Empty means "<state_dir>/landing".
+    dir: Path | None = None
+    # Set to land in this bucket (at the settings.gcs endpoint, under "landing/") instead of `dir`.
+    bucket: str = ""
+    flush_records: int = 10_000
+    flush_seconds: float = 5.0
+    group_id: str = "omnistream-landing"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OMNISTREAM_",
@@ -150,6 +162,7 @@ class Settings(BaseSettings):
     mail: MailSettings = MailSettings()
     gcs: GcsSettings = GcsSettings()
     api: ApiSettings = ApiSettings()
+    landing: LandingSettings = LandingSettings()
 
 
 @lru_cache(maxsize=1)

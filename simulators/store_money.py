@@ -6,6 +6,14 @@ producer should not depend on a simulator; this module keeps the simulator's imp
 
 from __future__ import annotations
 
-from omnistream.money import CENT, FORMATS, MoneyFormat, format_money, format_percent, money_format, parse_money
+from omnistream.money import (
+    CENT,
+    FORMATS,
+    MoneyFormat,
+    format_money,
+    format_percent,
+    money_format,
+    parse_money,
+)
 
 __all__ = ["CENT", "FORMATS", "MoneyFormat", "format_money", "format_percent", "money_format", "parse_money"]

@@ -47,6 +47,12 @@ MAVEN_PARTS = (
     MavenPart("kafka", "dependency:copy-dependencies", ("KAFKA", "SCALA", "LOG4J"), clean="kafka/libs"),
     MavenPart("connect-plugins", "package", ("DEBEZIUM", "SNOWFLAKE_CONNECTOR")),
     MavenPart("servers", "package", ("APICURIO", "GREENMAIL")),
+    MavenPart(
+        "apicurio-converter",
+        "dependency:copy-dependencies",
+        ("APICURIO_CONVERTER",),
+        clean="connect-plugins/apicurio-converter",
+    ),
 )
 
 

@@ -23,13 +23,24 @@ from decimal import Decimal
 from email import policy
 from email.message import EmailMessage
 from html.parser import HTMLParser
+from typing import NamedTuple
 
 from omnistream.money import FORMATS, MoneyFormat, format_percent, parse_percent, round_cents
 from producers.emails.model import OrderLine, Provenance, StoreOrder
 
 WALK_IN = "walk-in"
 COLUMNS = ("SKU", "Item", "Qty", "Unit price", "Line total")
-REQUIRED_FIELDS = ("Store", "Order number", "Date", "Customer", "Payment", "Cashier", "Subtotal", "Tax", "Total")
+REQUIRED_FIELDS = (
+    "Store",
+    "Order number",
+    "Date",
+    "Customer",
+    "Payment",
+    "Cashier",
+    "Subtotal",
+    "Tax",
+    "Total",
+)
 REPLACEMENT_CHARACTER = "\ufffd"
 # "Tax (19%)" → label "Tax", note "19%"; other labels have no note.
 _LABEL = re.compile(r"(?P<label>[^():]+?)(?: \((?P<note>[^()]*)\))?")
@@ -172,7 +183,7 @@ class _HtmlTables(HTMLParser):
 
 
 def receipt_from_html(markup: str) -> Receipt:
-    """The HTML body: ``table.order`` rows of ``<th>label</th><td>value</td>``, ``table.lines`` items and totals."""
+    """The HTML body: ``table.order`` rows of ``<th>label</th><td>value</td>``, then ``table.lines``."""
     tables = _HtmlTables()
     tables.feed(markup)
     tables.close()
@@ -224,11 +235,14 @@ def _check_not_garbled(receipt: Receipt) -> None:
         printed = " | ".join(cells)
         garbled = REPLACEMENT_CHARACTER in printed
         if len(cells) < len(COLUMNS):
-            what = ", with U+FFFD replacement characters (garbled)" if garbled else ""
-            raise ParseError(
-                f"item line {n} has {len(cells)} of {len(COLUMNS)} columns ({' | '.join(COLUMNS)}){what}: "
-                f"{printed!r}"
-            )
+            columns = f"{len(cells)} of {len(COLUMNS)} columns ({' | '.join(COLUMNS)})"
+            if garbled:
+                where = "ending in" if printed.endswith(REPLACEMENT_CHARACTER) else "with"
+                raise ParseError(
+                    f"item line {n} is garbled: cut off after {columns}, {where} U+FFFD replacement "
+                    f"characters: {printed!r}"
+                )
+            raise ParseError(f"item line {n} has {columns}: {printed!r}")
         if garbled:
             raise ParseError(f"item line {n} is garbled (U+FFFD replacement characters): {printed!r}")
 
@@ -262,29 +276,29 @@ def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance
     except ValueError as exc:
         raise ParseError(f"the tax rate {rate_text!r} is not a percentage such as '19%'") from exc
 
-    rows = []
-    for cells in receipt.rows:
-        # A name with a "|" in it splits into more cells; the SKU is first and the numbers are last.
-        sku, *name, quantity, unit, line_total = cells
-        rows.append((sku, " | ".join(name), quantity, unit, line_total))
-    amounts = [(f"item line {n} {column}", row[i]) for n, row in enumerate(rows, 1) for i, column in ((3, "Unit price"), (4, "Line total"))]
+    rows = [_ItemRow.from_cells(cells) for cells in receipt.rows]
+    amounts = [(f"item line {n} {col}", text) for n, row in enumerate(rows, 1) for col, text in row.amounts()]
     amounts += [(label, f[label]) for label in ("Subtotal", "Tax", "Total")]
     fmt = _amounts_format(amounts)
     money = fmt.format
 
     lines = []
-    for n, (sku, name, quantity_text, unit_text, total_text) in enumerate(rows, start=1):
-        if not sku or not name:
-            raise ParseError(f"item line {n} has an empty SKU or item name: {' | '.join(receipt.rows[n - 1])!r}")
-        if not _QUANTITY.fullmatch(quantity_text):
-            raise ParseError(f"item line {n} quantity {quantity_text!r} is not a positive whole number")
-        quantity, unit_price, line_total = int(quantity_text), fmt.parse(unit_text), fmt.parse(total_text)
+    for n, row in enumerate(rows, start=1):
+        if not row.sku or not row.name:
+            raise ParseError(f"item line {n} has an empty SKU or item name: {row.printed!r}")
+        if not _QUANTITY.fullmatch(row.quantity):
+            raise ParseError(f"item line {n} quantity {row.quantity!r} is not a positive whole number")
+        quantity, unit_price, line_total = (
+            int(row.quantity),
+            fmt.parse(row.unit_price),
+            fmt.parse(row.line_total),
+        )
         if line_total != unit_price * quantity:
             raise ParseError(
-                f"item line {n} ({sku}): {quantity} x {money(unit_price)} is "
+                f"item line {n} ({row.sku}): {quantity} x {money(unit_price)} is "
                 f"{money(unit_price * quantity)}, not {money(line_total)}"
             )
-        lines.append(OrderLine(n, sku, name, quantity, unit_price, line_total))
+        lines.append(OrderLine(n, row.sku, row.name, quantity, unit_price, line_total))
 
     subtotal, tax, total = (fmt.parse(f[label]) for label in ("Subtotal", "Tax", "Total"))
     lines_sum = sum((line.line_total for line in lines), Decimal("0.00"))
@@ -318,6 +332,26 @@ def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance
         message_id=message_id,
         provenance=provenance,
     )
+
+
+class _ItemRow(NamedTuple):
+    """One item row's cells as printed."""
+
+    sku: str
+    name: str
+    quantity: str
+    unit_price: str
+    line_total: str
+    printed: str
+
+    @classmethod
+    def from_cells(cls, cells: list[str]) -> _ItemRow:
+        # A name with a "|" in it splits into more cells; the SKU is first and the numbers are last.
+        sku, *name, quantity, unit_price, line_total = cells
+        return cls(sku, " | ".join(name), quantity, unit_price, line_total, " | ".join(cells))
+
+    def amounts(self) -> list[tuple[str, str]]:
+        return [("Unit price", self.unit_price), ("Line total", self.line_total)]
 
 
 def _parse_date(text: str) -> datetime:

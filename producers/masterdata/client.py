@@ -102,12 +102,15 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-class wait_retry_after_or_backoff(wait_base):  # noqa: N801 - tenacity's naming for wait strategies
+class wait_retry_after_or_backoff(wait_base):  # named like tenacity's own wait strategies
     """Wait what the server asked for in ``Retry-After``; without it, exponential backoff with jitter."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
-        self._backoff = wait_exponential_jitter(initial=policy.initial_s, max=policy.max_backoff_s)
+        # Jitter of up to one initial wait spreads retries of several producers without dwarfing short waits.
+        self._backoff = wait_exponential_jitter(
+            multiplier=policy.initial_s, jitter=policy.initial_s, max=policy.max_backoff_s
+        )
 
     def __call__(self, retry_state: RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome is not None else None
@@ -157,6 +160,10 @@ class ApiClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def check(self, entity: str) -> None:
+        """One small request, so a wrong URL or token fails before any other work is done."""
+        self.page(entity, {"page_size": 1})
 
     def walk(self, entity: str, page_size: int = 500) -> Iterator[Page]:
         """Every page of ``entity`` (a full walk: no ``updated_since``), following the cursor to the end."""

@@ -196,6 +196,7 @@ class MasterDataProducer:
         snapshot_at: datetime | None = None,
     ) -> SnapshotReport:
         """One full snapshot of ``specs``, entity after entity; raises at the first entity that fails."""
+        self.client.check(specs[0].name)
         self.prepare(specs)
         at = (snapshot_at or datetime.now(UTC)).astimezone(UTC)
         report = SnapshotReport(new_snapshot_id(at), at)
@@ -289,7 +290,11 @@ class MasterDataProducer:
         )
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         while True:
             try:

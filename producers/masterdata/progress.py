@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,12 +22,12 @@ class SnapshotDisplay:
     def _start(self) -> Progress:
         progress = Progress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.fields[entity]:<10}"),
-            TextColumn("{task.fields[phase]:<14}"),
-            TextColumn("{task.completed:>8,.0f} records"),
-            TextColumn("{task.fields[published]:>8,} published"),
-            TextColumn("{task.fields[tombstones]:>6,} tombstones"),
-            TextColumn("{task.fields[invalid]:>4,} rejected"),
+            TextColumn("[bold]{task.fields[entity]:<9}"),
+            TextColumn("{task.fields[phase]:<13}"),
+            TextColumn("{task.completed:>9,.0f} records"),
+            TextColumn("{task.fields[published]:>9,} published"),
+            TextColumn("{task.fields[tombstones]:>7,} tombstones"),
+            TextColumn("{task.fields[invalid]:>5,} rejected"),
             TimeElapsedColumn(),
             console=self.console,
         )
@@ -36,7 +38,12 @@ class SnapshotDisplay:
     def update(self, r: EntityReport) -> None:
         """Progress callback for ``MasterDataProducer.snapshot``."""
         progress = self._progress or self._start()
-        fields = {"phase": r.phase, "published": r.published, "tombstones": r.tombstones, "invalid": r.invalid}
+        fields: dict[str, Any] = {
+            "phase": r.phase,
+            "published": r.published,
+            "tombstones": r.tombstones,
+            "invalid": r.invalid,
+        }
         if r.entity not in self._tasks:
             self._tasks[r.entity] = progress.add_task(r.entity, total=None, entity=r.entity, **fields)
         progress.update(self._tasks[r.entity], completed=r.fetched, **fields)
@@ -53,16 +60,11 @@ class SnapshotDisplay:
         """Print one completed snapshot's figures."""
         self.stop()
         table = Table(title=f"snapshot {report.snapshot_id} ({report.snapshot_at:%Y-%m-%d %H:%M:%S} UTC)")
-        for column in ("entity", "topic", "records", "published", "unchanged", "rejected", "tombstones"):
-            table.add_column(column, justify="left" if column in ("entity", "topic") else "right")
+        table.add_column("entity")
+        for column in ("records", "published", "unchanged", "rejected", "tombstones"):
+            table.add_column(column, justify="right")
+        table.add_column("topic", overflow="fold")
         for e in report.entities:
-            table.add_row(
-                e.entity,
-                e.topic,
-                f"{e.fetched:,}",
-                f"{e.published:,}",
-                f"{e.unchanged:,}",
-                f"{e.invalid:,}",
-                f"{e.tombstones:,}",
-            )
+            figures = (e.fetched, e.published, e.unchanged, e.invalid, e.tombstones)
+            table.add_row(e.entity, *(f"{n:,}" for n in figures), e.topic)
         Console().print(table)

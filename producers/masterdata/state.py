@@ -76,10 +76,11 @@ def read_topic_state(
         while end:
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"reading {topic} to its end took over {timeout_s:.0f} s; {len(end)} partitions unfinished"
+                    f"reading {topic} to its end took over {timeout_s:.0f} s; "
+                    f"{len(end)} partitions unfinished"
                 )
             for msg in consumer.consume(num_messages=5000, timeout=0.5):
-                partition = msg.partition()
+                partition = msg.partition() or 0  # every message from an assigned partition has one
                 error = msg.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

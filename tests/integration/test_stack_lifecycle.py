@@ -14,27 +14,10 @@ from omnistream.settings import Settings
 from omnistream.stack import process
 from omnistream.stack.layout import Layout
 from omnistream.stack.manager import ServiceFailed, Stack
+from omnistream.stack.second import second_stack_settings
 from omnistream.stack.services import SERVICE_NAMES
 
 pytestmark = pytest.mark.integration
-
-
-def second_stack_settings(session: Settings, state_dir: Path, port_offset: int = 200) -> Settings:
-    """Another stack beside the session's: own state and ports (the session's plus an offset), shared
-    downloads."""
-
-    def shifted(section: str, *fields: str) -> dict[str, int]:
-        return {f: getattr(getattr(session, section), f) + port_offset for f in fields}
-
-    return Settings(
-        stack={"state_dir": state_dir, "dist_dir": Layout.from_settings(session).dist},
-        postgres=shifted("postgres", "port"),
-        kafka=shifted("kafka", "port", "controller_port"),
-        registry=shifted("registry", "port", "management_port"),
-        connect={**shifted("connect", "port"), "group_id": "omnistream-connect-second"},
-        mail=shifted("mail", "smtp_port", "imap_port", "api_port"),
-        gcs=shifted("gcs", "port"),
-    )
 
 
 def test_up_twice_leaves_running_services_alone(stack_settings: Settings) -> None:
@@ -48,7 +31,7 @@ def test_up_twice_leaves_running_services_alone(stack_settings: Settings) -> Non
 
 
 def test_down_stops_every_process_it_started(stack_settings: Settings, tmp_path: Path) -> None:
-    settings = second_stack_settings(stack_settings, tmp_path / "second")
+    settings = second_stack_settings(stack_settings, tmp_path / "second", port_offset=200)
     stack = Stack(settings)
     try:
         stack.up()

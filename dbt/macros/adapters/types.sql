@@ -23,3 +23,8 @@
 {% macro local_timestamp(expression, zone) %}{{ return(adapter.dispatch('local_timestamp', 'omnistream')(expression, zone)) }}{% endmacro %}
 {% macro default__local_timestamp(expression, zone) %}timezone({{ zone }}, {{ expression }}){% endmacro %}
 {% macro snowflake__local_timestamp(expression, zone) %}convert_timezone({{ zone }}, {{ expression }})::timestamp_ntz{% endmacro %}
+
+{#- ISO day of the week, Monday = 1 … Sunday = 7. -#}
+{% macro iso_day_of_week(expression) %}{{ return(adapter.dispatch('iso_day_of_week', 'omnistream')(expression)) }}{% endmacro %}
+{% macro default__iso_day_of_week(expression) %}isodow({{ expression }}){% endmacro %}
+{% macro snowflake__iso_day_of_week(expression) %}dayofweekiso({{ expression }}){% endmacro %}

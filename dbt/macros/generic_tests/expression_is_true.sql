@@ -1,0 +1,7 @@
+{#- A business invariant: every row satisfies `expression` (the rows that do not are the failures). On a column,
+    the expression continues the column (`expression: ">= 0"`). Narrow it with the standard `where` config. -#}
+{% test expression_is_true(model, expression, column_name=none) %}
+    select *
+    from {{ model }}
+    where not ({{ column_name ~ ' ' if column_name else '' }}{{ expression }})
+{% endtest %}

@@ -1,0 +1,187 @@
+"""``omnistream connect apply | status | restart | delete``: the pipeline's Kafka Connect connectors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from omnistream.connect import deploy
+from omnistream.connect.client import ConnectClient, ConnectError, ConnectorStatus
+from omnistream.connect.config import CONNECT_DIR, OPT_IN, ConfigFileError, load_dir, select
+from omnistream.connect.postgres import SlotBusy
+from omnistream.settings import get_settings
+
+connect_app = typer.Typer(
+    help="Kafka Connect connectors (connect/*.json): apply, status, restart, delete.", no_args_is_help=True
+)
+console = Console()
+T = TypeVar("T")
+
+Names = Annotated[list[str], typer.Argument(help="Connector names.")]
+Timeout = Annotated[
+    float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each connector to reach RUNNING.")
+]
+
+
+@connect_app.callback()
+def options(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Connect REST URL (default: from settings.connect).")
+    ] = None,
+    retry_for: Annotated[
+        float, typer.Option("--retry-for", min=0.0, help="Seconds to retry while Connect does not answer.")
+    ] = 20.0,
+) -> None:
+    ctx.obj = ConnectClient(url or get_settings().connect.url, retry_for_s=retry_for)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _progress(name: str, what: str) -> None:
+    console.print(f"[dim]…[/dim] {name}: {what}", highlight=False)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Terminal errors become a red message and exit status 1, without a Python traceback."""
+    try:
+        yield
+    except (ConnectError, ConfigFileError, SlotBusy) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        raise typer.Exit(1) from None
+    except psycopg.OperationalError as exc:
+        settings = get_settings().postgres
+        console.print(f"[red]error:[/red] PostgreSQL at {settings.host}:{settings.port}: {exc}".strip())
+        raise typer.Exit(1) from None
+
+
+def _with_spinner(message: str, action: Callable[[], T]) -> T:
+    with console.status(message):
+        return action()
+
+
+@connect_app.command()
+def apply(
+    ctx: typer.Context,
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Folder of connector configs, one <name>.json each.")
+    ] = CONNECT_DIR,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help=f"Also apply an opt-in connector ({', '.join(sorted(OPT_IN))})."),
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Apply just these connectors.")] = None,
+    timeout: Timeout = 180.0,
+    ensure_schema: Annotated[
+        bool,
+        typer.Option(
+            "--ensure-schema/--no-ensure-schema",
+            help="Create the shop's tables in the captured schemas first (as the application role).",
+        ),
+    ] = True,
+) -> None:
+    """Create or update every connector (idempotent) and wait until each runs."""
+    client: ConnectClient = ctx.obj
+    with _errors():
+        files = select(load_dir(directory), include or (), only or ())
+        results = _with_spinner(
+            f"applying {', '.join(f.name for f in files)} to {client.url}",
+            lambda: deploy.apply(
+                client,
+                get_settings(),
+                files,
+                timeout_s=timeout,
+                progress=_progress,
+                ensure_schemas=ensure_schema,
+            ),
+        )
+    for result in results:
+        console.print(f"[green]{result.name}[/green] {result.action}: {result.status.describe()}")
+    skipped = sorted({f.name for f in load_dir(directory)} & OPT_IN - {f.name for f in files})
+    if skipped:
+        console.print(f"[dim]not applied (opt-in, --include NAME): {', '.join(skipped)}[/dim]")
+
+
+@connect_app.command()
+def status(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Connector names (default: all).")] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Print failed tasks' full stack traces.")] = False,
+) -> None:
+    """Connector and task states, with the errors of failed ones. Exit status 1 if any FAILED."""
+    client: ConnectClient = ctx.obj
+    with _errors():
+        statuses = [client.status(n) for n in names] if names else client.statuses()
+    if not statuses:
+        console.print(f"no connectors on {client.url}")
+        return
+    table = Table("connector", "type", "state", "tasks", "error")
+    for s in statuses:
+        errors = "\n".join(f"{what}: {summary}" for what, summary in s.failures())
+        table.add_row(s.name, s.type, _state(s.state), _tasks(s), errors)
+    console.print(table)
+    if trace:
+        for s in statuses:
+            for what, text in [("connector", s.trace)] + [(f"task {t.id}", t.trace) for t in s.tasks]:
+                if text:
+                    console.print(f"[bold]{s.name} {what}[/bold]")
+                    console.print(text, markup=False, highlight=False)
+    if any(s.failed for s in statuses):
+        raise typer.Exit(1)
+
+
+def _state(state: str) -> str:
+    colour = {"RUNNING": "green", "FAILED": "red", "PAUSED": "yellow", "STOPPED": "yellow"}.get(state, "cyan")
+    return f"[{colour}]{state}[/{colour}]"
+
+
+def _tasks(s: ConnectorStatus) -> str:
+    return "\n".join(f"{t.id}: {_state(t.state)}" for t in s.tasks) or "-"
+
+
+@connect_app.command()
+def restart(
+    ctx: typer.Context,
+    names: Names,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until each runs again.")] = True,
+    timeout: Timeout = 180.0,
+) -> None:
+    """Restart connectors together with their tasks (includeTasks=true)."""
+    client: ConnectClient = ctx.obj
+    with _errors():
+        statuses = deploy.restart(client, names, wait=wait, timeout_s=timeout, progress=_progress)
+    for s in statuses:
+        console.print(f"[green]{s.name}[/green] restarted: {s.describe()}")
+
+
+@connect_app.command()
+def delete(
+    ctx: typer.Context,
+    names: Names,
+    drop_slot: Annotated[
+        bool,
+        typer.Option(
+            "--drop-slot",
+            help="Also drop a Debezium PostgreSQL connector's replication slot (otherwise it keeps WAL).",
+        ),
+    ] = False,
+) -> None:
+    """Delete connectors. A Debezium connector's replication slot stays unless --drop-slot."""
+    client: ConnectClient = ctx.obj
+    with _errors():
+        for name in names:
+            left = deploy.delete(client, get_settings(), name, drop_slot=drop_slot, progress=_progress)
+            if left:
+                console.print(
+                    f"[yellow]replication slot {left} is kept[/yellow] (it retains WAL until dropped): "
+                    f"resume with the same slot.name, or drop it with "
+                    f"`select pg_drop_replication_slot('{left}')`"
+                )
+            console.print(f"[green]{name}[/green] deleted")

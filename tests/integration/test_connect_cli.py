@@ -1,0 +1,185 @@
+"""`omnistream connect …` against the running Connect, and the repository's configs validated by it.
+
+The CLI tests apply a sandbox copy of connect/onlinedb-postgres.json from a directory of their own
+(`--dir`), so the connector name, slot, publication and topics are the test's alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
+
+from omnistream.cli import app
+from omnistream.connect.client import ConnectClient, ConnectorNotFound
+from omnistream.connect.config import CONNECT_DIR, PROVIDER_REFERENCE, load_dir, render, secrets_path
+from omnistream.connect.sandbox import CdcSandbox, cdc_sandbox
+from omnistream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+# The fields Snowflake's validation may reject when it cannot log in with dummy credentials: the account,
+# the user and key, and what only a login can check (role, database, schema). Any other field with an
+# error is a real mistake in connect/snowflake-sink.json.
+SNOWFLAKE_ACCOUNT_FIELDS = frozenset(
+    {
+        "snowflake.url.name",
+        "snowflake.user.name",
+        "snowflake.private.key",
+        "snowflake.private.key.passphrase",
+        "snowflake.authenticator",
+        "snowflake.role.name",
+        "snowflake.database.name",
+        "snowflake.schema.name",
+    }
+)
+
+
+def run(*args: str) -> tuple[int, str]:
+    """Invoke ``omnistream connect …``; returns the exit code and the output with wrapping undone."""
+    result = CliRunner().invoke(app, ["connect", *args])
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.fixture
+def client(stack_settings: Settings) -> Iterator[ConnectClient]:
+    with ConnectClient(stack_settings.connect.url) as connect:
+        yield connect
+
+
+@pytest.fixture
+def sandbox(stack_settings: Settings, unique: str) -> Iterator[CdcSandbox]:
+    with cdc_sandbox(stack_settings, unique) as names:
+        yield names
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path, sandbox: CdcSandbox) -> Path:
+    """The sandbox connector, plus a copy of the opt-in Snowflake sink that a plain apply must skip."""
+    folder = tmp_path / "connect"
+    folder.mkdir()
+    (folder / f"{sandbox.connector}.json").write_text(json.dumps(sandbox.file_json(), indent=2))
+    (folder / "snowflake-sink.json").write_text((CONNECT_DIR / "snowflake-sink.json").read_text())
+    return folder
+
+
+def slot_exists(settings: Settings, slot: str) -> bool:
+    with psycopg.connect(settings.postgres.dsn()) as conn:
+        found = conn.execute("select 1 from pg_replication_slots where slot_name = %s", [slot]).fetchone()
+    return found is not None
+
+
+def test_apply_twice_status_restart_delete(
+    stack_settings: Settings, client: ConnectClient, sandbox: CdcSandbox, config_dir: Path
+) -> None:
+    code, out = run("apply", "--dir", str(config_dir))
+    assert code == 0, out
+    assert f"{sandbox.connector} created: RUNNING" in out
+    assert "not applied (opt-in, --include NAME): snowflake-sink" in out
+    first = client.get_config(sandbox.connector)
+    # The password reaches Connect as a reference to the 0600 secrets file, never as text.
+    secrets = secrets_path(stack_settings).resolve()
+    assert first["database.password"] == f"${{file:{secrets}:postgres.replication_password}}"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert first["database.hostname"] == stack_settings.postgres.host
+
+    code, out = run("apply", "--dir", str(config_dir))
+    assert code == 0, out
+    assert f"{sandbox.connector} unchanged: RUNNING" in out
+    assert client.get_config(sandbox.connector) == first
+    assert client.connectors().count(sandbox.connector) == 1
+
+    code, out = run("status", sandbox.connector)
+    assert code == 0, out
+    assert re.search(rf"{sandbox.connector} │ source │ RUNNING │ 0: RUNNING", out), out
+
+    code, out = run("restart", sandbox.connector)
+    assert code == 0, out
+    assert f"{sandbox.connector} restarted: RUNNING, tasks 0 RUNNING" in out
+
+    assert slot_exists(stack_settings, sandbox.slot)
+    code, out = run("delete", sandbox.connector, "--drop-slot")
+    assert code == 0, out
+    with pytest.raises(ConnectorNotFound):
+        client.get_config(sandbox.connector)
+    assert not slot_exists(stack_settings, sandbox.slot)
+
+
+def test_invalid_config_is_reported_by_field_and_not_applied(
+    client: ConnectClient, sandbox: CdcSandbox, tmp_path: Path
+) -> None:
+    document = sandbox.file_json()
+    document["config"]["decimal.handling.mode"] = "exact"  # not one of string, double, precise
+    (tmp_path / f"{sandbox.connector}.json").write_text(json.dumps(document))
+    code, out = run("apply", "--dir", str(tmp_path))
+    assert code == 1
+    assert "nothing was applied" in out
+    assert "decimal.handling.mode: The 'decimal.handling.mode' value is invalid" in out
+    assert sandbox.connector not in client.connectors()
+
+
+def test_unreachable_connect_is_a_clear_error() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, out = run("--url", f"http://127.0.0.1:{port}", "--retry-for", "0", "status")
+    assert code == 1
+    assert f"Kafka Connect does not answer at http://127.0.0.1:{port}" in out
+    assert "omnistream stack up" in out
+
+
+def test_unknown_connector_is_named(unique: str) -> None:
+    code, out = run("status", f"missing-{unique}")
+    assert code == 1
+    assert f"connector missing-{unique}: not found" in out
+
+
+def test_shop_connector_config_passes_connects_validation(
+    stack_settings: Settings, client: ConnectClient
+) -> None:
+    """connect/onlinedb-postgres.json as rendered for the local stack: Debezium checks the database,
+    the role's replication right and every option, and finds nothing wrong."""
+    shop = next(f for f in load_dir() if f.name == "onlinedb-postgres")
+    validation = client.validate(render([shop], stack_settings).configs[shop.name])
+    assert validation.errors == {}
+
+
+def dummy_private_key() -> str:
+    """A well-formed, unregistered RSA key in the form the connector takes (PEM body, one line)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+
+
+def test_snowflake_sink_config_is_valid_but_for_the_account(
+    stack_settings: Settings, client: ConnectClient
+) -> None:
+    sink = next(f for f in load_dir() if f.name == "snowflake-sink")
+    config = render([sink], stack_settings).configs[sink.name]
+    # This worker has no Snowflake account in its environment: stand in for the ${env:…} references.
+    dummies = {
+        "SNOWFLAKE_URL": "omnistream-dummy.snowflakecomputing.com:443",
+        "SNOWFLAKE_USER": "OMNISTREAM_DUMMY",
+        "SNOWFLAKE_PRIVATE_KEY": dummy_private_key(),
+    }
+    for key, value in config.items():
+        reference = PROVIDER_REFERENCE.fullmatch(value)
+        if reference and reference.group(1) == "env":
+            config[key] = dummies[value.removeprefix("${env:").removesuffix("}")]
+    assert not [v for v in config.values() if "${" in v]
+
+    validation = client.validate(config)
+    assert set(validation.errors) <= SNOWFLAKE_ACCOUNT_FIELDS, validation.errors
+    # It did get as far as trying the account, so every other field passed the connector's checks.
+    assert validation.errors, "expected the dummy account to be rejected"

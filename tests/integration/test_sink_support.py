@@ -1,0 +1,254 @@
+"""Helpers shared by the landing sink, replay and topics tests (no tests of its own).
+
+Records are produced the way the pipeline's producers do it, through confluent-kafka's AvroSerializer and
+the real registry (Confluent wire format), under test schemas defined here; a topic is read back in full
+with a plain consumer, and the landing zone with DuckDB.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from omnistream.kafka import client_config, producer_config, registry_client
+from omnistream.settings import Settings
+from omnistream.sink.batch import headers_of
+from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
+from omnistream.sink.dlq import create_topic
+from omnistream.sink.layout import overlapping, parse_file_name
+from omnistream.sink.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[2]
+MONEY = {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}
+ORDER_V1: dict[str, Any] = {
+    "type": "record",
+    "name": "TestOrder",
+    "namespace": "omnistream.test.sink",
+    "fields": [
+        {"name": "order_id", "type": "long"},
+        {"name": "store", "type": "string"},
+        {"name": "total", "type": MONEY},
+        {"name": "placed_at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {
+            "name": "address",
+            "type": {
+                "type": "record",
+                "name": "TestAddress",
+                "fields": [{"name": "city", "type": "string"}, {"name": "postcode", "type": "string"}],
+            },
+        },
+        {
+            "name": "lines",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "TestLine",
+                    "fields": [{"name": "sku", "type": "string"}, {"name": "price", "type": MONEY}],
+                },
+            },
+        },
+        {"name": "note", "type": ["null", "string"], "default": None},
+    ],
+}
+# BACKWARD compatible: a field added with a default.
+ORDER_V2: dict[str, Any] = {
+    **ORDER_V1,
+    "fields": [*ORDER_V1["fields"], {"name": "channel", "type": "string", "default": "web"}],
+}
+BASE_TIME = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def order(i: int, **extra: Any) -> dict[str, Any]:
+    """A test order; money exact, times UTC."""
+    return {
+        "order_id": i,
+        "store": f"S{i % 4:02d}",
+        "total": Decimal(i * 137 % 100_000) / 100 - Decimal("12.50"),
+        "placed_at": BASE_TIME + timedelta(seconds=i, microseconds=i),
+        "address": {"city": f"City {i % 7}", "postcode": f"{10000 + i}"},
+        "lines": [{"sku": f"SKU-{i}", "price": Decimal("0.99")}, {"sku": "BAG", "price": Decimal("0.10")}],
+        "note": None if i % 3 else f"note {i}",
+        **extra,
+    }
+
+
+class AvroProducer:
+    """Produces test records (Avro values through the registry, raw bytes, tombstones) and checks delivery."""
+
+    def __init__(self, settings: Settings, topic: str, schema: dict[str, Any] = ORDER_V1) -> None:
+        self.topic = topic
+        self.producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+        self.serializer = AvroSerializer(registry_client(settings), json.dumps(schema))
+        self.errors: list[KafkaError] = []
+        self.delivered: list[tuple[int, int]] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.delivered.append((msg.partition(), msg.offset()))  # type: ignore[arg-type]
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        data = self.serializer(value, SerializationContext(self.topic, MessageField.VALUE))
+        assert data is not None
+        return data
+
+    def send(self, value: dict[str, Any] | None, key: str | bytes | None = None, **kwargs: Any) -> None:
+        self.raw(None if value is None else self.encode(value), key, **kwargs)
+
+    def raw(self, value: bytes | None, key: str | bytes | None = None, **kwargs: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key, on_delivery=self._on_delivery, **kwargs)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def flush(self) -> None:
+        assert self.producer.flush(30) == 0, "records left undelivered"
+        assert not self.errors, self.errors
+
+
+def new_topic(settings: Settings, name: str, partitions: int = 3) -> str:
+    create_topic(settings, name, partitions)
+    return name
+
+
+def sink_config(group: str, topics: list[str], **kwargs: Any) -> SinkConfig:
+    return SinkConfig(
+        group_id=group, topics=topics, **{"flush_records": 1000, "flush_seconds": 1.0, **kwargs}
+    )
+
+
+def drain(settings: Settings, directory: Path, group: str, topics: list[str], **kwargs: Any) -> SinkStats:
+    """Run one sink until every partition of ``topics`` is landed to its end."""
+    return LandingSink(
+        settings, LocalStore(directory), sink_config(group, topics, drain=True, **kwargs)
+    ).run()
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+    timestamp_ms: int
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Record]:
+    """Every record of ``topic``, in (partition, offset) order."""
+    consumer = Consumer(
+        client_config(
+            settings,
+            **{"group.id": f"reader-{topic}", "enable.auto.commit": False, "enable.partition.eof": True},
+        )
+    )
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+        pending = {
+            p
+            for p in partitions
+            if consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] > 0
+        }
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        out: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(err)
+                    pending.discard(msg.partition())
+                    continue
+                out.append(
+                    Record(
+                        msg.partition(),  # type: ignore[arg-type]
+                        msg.offset(),  # type: ignore[arg-type]
+                        msg.key(),
+                        msg.value(),
+                        tuple(headers_of(msg)),
+                        msg.timestamp()[1],
+                    )
+                )
+        assert not pending, f"{topic}: partitions {pending} not read to the end"
+    finally:
+        consumer.close()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
+
+
+def landed(directory: Path, topic: str, columns: str = "*") -> list[dict[str, Any]]:
+    """The landed rows of ``topic`` (all its files, union by name), in (partition, offset) order."""
+    pattern = directory / topic / "partition=*" / "*.parquet"
+    if not list(directory.glob(f"{topic}/partition=*/*.parquet")):
+        return []
+    cursor = duckdb.connect().execute(
+        f"select {columns} from read_parquet(?, union_by_name = true, hive_partitioning = false) "
+        "order by record_metadata.partition, record_metadata.offset",
+        [str(pattern)],
+    )
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def landed_files(directory: Path, topic: str) -> dict[int, list[Any]]:
+    """The committed files of ``topic`` by partition (parsed names), asserting the name layout."""
+    out: dict[int, list[Any]] = {}
+    for path in sorted((directory / topic).glob("partition=*/*")):
+        f = parse_file_name(path.name)
+        assert f is not None, f"not a landing file name: {path}"
+        assert path.parent.name == f"partition={f.partition}" and f.topic == topic
+        out.setdefault(f.partition, []).append(f)
+    return out
+
+
+def assert_files_tile(directory: Path, topic: str) -> None:
+    """No overlaps, no gaps between consecutive files of a partition, nothing half-written left."""
+    for partition, files in landed_files(directory, topic).items():
+        assert overlapping(files) == [], (partition, files)
+        ordered = sorted(files)
+        for a, b in itertools.pairwise(ordered):
+            assert b.start == a.end + 1, (partition, a, b)
+
+
+def metadata_offsets(rows: Iterable[dict[str, Any]]) -> list[tuple[int, int]]:
+    return [(r["record_metadata"]["partition"], r["record_metadata"]["offset"]) for r in rows]
+
+
+def sink_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m omnistream sink ARGS`` as a child process (its output in the test's log on failure)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "omnistream", "sink", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
