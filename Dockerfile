@@ -12,7 +12,8 @@ COPY connect ./connect
 COPY stack ./stack
 COPY dbt ./dbt
 COPY airflow ./airflow
-RUN pip install -e . && useradd --create-home omnistream && mkdir -p /data && chown omnistream /data
+# uid 1000 = the Kafka image's user, so Connect can read the 0600 secrets file on the shared volume.
+RUN pip install -e . && useradd --create-home --uid 1000 omnistream && mkdir -p /data && chown omnistream /data
 USER omnistream
 ENV OMNISTREAM_STACK__STATE_DIR=/data
 ENTRYPOINT ["omnistream"]

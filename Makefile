@@ -1,5 +1,5 @@
 # omnistream: every target installs what it needs, idempotently.
-#   make demo   start the local stack and run the pipeline on it
+#   make demo   start the local stack and run the pipeline on it (SCALE=full: 6M history rows)
 #   make test   unit + integration tests against the real local stack
 #   make bench  benchmarks that print figures
 #   make lint   ruff, mypy
@@ -23,8 +23,10 @@ system-packages:
 install: system-packages $(STAMP)
 	$(BIN)/omnistream stack install
 
+SCALE ?= small
+
 demo: install
-	$(BIN)/omnistream stack up
+	$(BIN)/omnistream demo --scale $(SCALE)
 
 test: install
 	$(BIN)/omnistream stack up

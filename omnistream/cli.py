@@ -7,6 +7,7 @@ import logging
 import typer
 
 from omnistream.connect.cli import connect_app
+from omnistream.demo_cli import demo
 from omnistream.inspect.cli import topics_app
 from omnistream.replay.cli import replay_app
 from omnistream.sink.cli import sink_app
@@ -26,6 +27,7 @@ app.add_typer(produce_app, name="produce")
 app.add_typer(sink_app, name="sink")
 app.add_typer(replay_app, name="replay")
 app.add_typer(topics_app, name="topics")
+app.command("demo")(demo)
 
 
 @app.callback()

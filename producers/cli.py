@@ -157,7 +157,7 @@ def produce_emails(
         ProducerOptions,
         Progress,
     )
-    from producers.emails.serde import SchemaRejected
+    from producers.emails.serde import RegistryUnavailable, SchemaRejected
 
     settings = get_settings()
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
@@ -212,6 +212,7 @@ def produce_emails(
         ImapUnavailable,
         CheckpointUnavailable,
         SchemaRejected,
+        RegistryUnavailable,
         KafkaException,
     ) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)

@@ -56,9 +56,9 @@ def _errors() -> Iterator[None]:
     except (ConnectError, ConfigFileError, SlotBusy) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
         raise typer.Exit(1) from None
-    except psycopg.OperationalError as exc:
-        settings = get_settings().postgres
-        console.print(f"[red]error:[/red] PostgreSQL at {settings.host}:{settings.port}: {exc}".strip())
+    except psycopg.Error as exc:  # preparing the captured schema, or dropping a slot
+        pg = get_settings().postgres
+        console.print(f"[red]error:[/red] PostgreSQL at {pg.host}:{pg.port}: {exc}".strip(), highlight=False)
         raise typer.Exit(1) from None
 
 

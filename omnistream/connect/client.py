@@ -242,6 +242,13 @@ class ConnectClient:
         path = f"/connectors/{quote(name, safe='')}/restart"
         self._check(self._request("POST", path, params=params), f"restart {name}")
 
+    def pause(self, name: str) -> None:
+        """Stop the tasks from polling; a Debezium connector keeps its slot, which holds the backlog."""
+        self._check(self._request("PUT", f"/connectors/{quote(name, safe='')}/pause"), f"pause {name}")
+
+    def resume(self, name: str) -> None:
+        self._check(self._request("PUT", f"/connectors/{quote(name, safe='')}/resume"), f"resume {name}")
+
     def delete(self, name: str) -> None:
         path = f"/connectors/{quote(name, safe='')}"
         self._check(self._request("DELETE", path), f"delete {name}")

@@ -2,8 +2,8 @@
 
 ``apply`` is idempotent: every config is rendered, all are validated by Connect before any is written
 (so one bad file changes nothing), each new or changed one is PUT (create or update) and then every
-connector is watched until it and all of its tasks are RUNNING. A connector that FAILED is restarted once; if it fails again the
-task's trace summary is raised.
+connector is watched until it and all of its tasks are RUNNING. A connector that FAILED is restarted
+once; if it fails again, the task's trace summary is raised.
 """
 
 from __future__ import annotations
@@ -142,6 +142,37 @@ def wait_running(
         time.sleep(POLL_S)
 
 
+def wait_for_state(client: ConnectClient, name: str, state: str, *, timeout_s: float) -> ConnectorStatus:
+    """Poll until the connector and all its tasks report ``state`` (e.g. PAUSED after a pause)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = client.status(name)
+        if status.state == state and status.tasks and all(t.state == state for t in status.tasks):
+            return status
+        if time.monotonic() > deadline:
+            raise ConnectorTimeout(f"{name} is not {state} after {timeout_s:.0f} s ({status.describe()})")
+        time.sleep(POLL_S)
+
+
+def wait_gone(client: ConnectClient, name: str, *, timeout_s: float) -> None:
+    """Poll until Connect no longer reports a status for ``name``: its tasks have stopped.
+
+    The DELETE returns before the tasks stop; a Debezium task still starting could otherwise create its
+    replication slot again right after it was dropped.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status = client.status(name)
+        except ConnectorNotFound:
+            return
+        if time.monotonic() > deadline:
+            raise ConnectorTimeout(
+                f"{name} still reports {status.describe()} {timeout_s:.0f} s after deletion"
+            )
+        time.sleep(POLL_S)
+
+
 def apply(
     client: ConnectClient,
     settings: Settings,
@@ -207,12 +238,14 @@ def delete(
     name: str,
     *,
     drop_slot: bool = False,
+    timeout_s: float = 60.0,
     progress: Progress = _log_progress,
 ) -> str | None:
     """Delete connector ``name``; with ``drop_slot``, also drop the replication slot of a Debezium
     PostgreSQL connector. Returns the name of a slot left behind, if any."""
     config = client.get_config(name)
     client.delete(name)
+    wait_gone(client, name, timeout_s=timeout_s)
     progress(name, "deleted")
     if config.get("connector.class") != postgres.POSTGRES_CONNECTOR:
         return None

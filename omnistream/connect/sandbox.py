@@ -18,7 +18,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from omnistream.connect import postgres
+from omnistream.connect import deploy, postgres
 from omnistream.connect.client import ConnectClient, ConnectorNotFound
 from omnistream.connect.config import CONNECT_DIR, ConnectorFile, load_file
 from omnistream.kafka import admin
@@ -127,7 +127,7 @@ def remove(settings: Settings, sandbox: CdcSandbox) -> None:
 
     def delete_connector() -> None:
         with ConnectClient(settings.connect.url) as client, contextlib.suppress(ConnectorNotFound):
-            client.delete(sandbox.connector)
+            deploy.delete(client, settings, sandbox.connector, drop_slot=False)
 
     def drop_database_objects() -> None:
         with psycopg.connect(settings.postgres.dsn(), autocommit=True) as conn:

@@ -173,9 +173,12 @@ class SnowflakeTarget:
 
     stage_url: str  # gcs://bucket/history/ (a storage integration grants access)
     storage_integration: str | None = None
-    schema: str = "raw"
-    table: str = "history_order_lines"
-    stage: str = "history_stage"
+    # Upper case, as Snowflake stores unquoted names (and as its load metadata reports them).
+    schema: str = "RAW"
+    table: str = "HISTORY_ORDER_LINES"
+    stage: str = "HISTORY_STAGE"
+    # Record each row's file (INCLUDE_METADATA). Off only for stand-ins that lack the option (fakesnow).
+    include_source_file: bool = True
 
 
 def load_history_snowflake(cursor: Cursor, target: SnowflakeTarget, files: Sequence[str]) -> LoadReport:
@@ -185,12 +188,17 @@ def load_history_snowflake(cursor: Cursor, target: SnowflakeTarget, files: Seque
     for statement in _statements(
         "snowflake_history_setup.sql", stage_url=target.stage_url, stage_credentials=credentials, **params
     ):
+        # Skipped when the table exists: a no-op on Snowflake anyway, and fakesnow forgets a table's load
+        # history on any CREATE TABLE, even one that creates nothing.
+        if statement.lower().startswith("create table") and _table_exists(cursor, target):
+            continue
         cursor.execute(statement)
     loaded = skipped = rows = 0
     for start in range(0, len(files), COPY_FILES_LIMIT):
         chunk = files[start : start + COPY_FILES_LIMIT]
         names = ", ".join("'" + name.replace("'", "''") + "'" for name in chunk)
-        (copy,) = _statements("snowflake_history_copy.sql", files=names, **params)
+        include = "include_metadata = (source_file = metadata$filename)" if target.include_source_file else ""
+        (copy,) = _statements("snowflake_history_copy.sql", files=names, include_metadata=include, **params)
         cursor.execute(copy)
         columns = [c[0].lower() for c in cursor.description]
         for row in cursor.fetchall():
@@ -202,3 +210,12 @@ def load_history_snowflake(cursor: Cursor, target: SnowflakeTarget, files: Seque
                 skipped += 1
     logger.info("history COPY: %d files loaded (%d rows), %d skipped", loaded, rows, skipped)
     return LoadReport(loaded, skipped, rows)
+
+
+def _table_exists(cursor: Cursor, target: SnowflakeTarget) -> bool:
+    cursor.execute(
+        "select count(*) from information_schema.tables where table_schema = %s and table_name = %s",
+        (target.schema.upper(), target.table.upper()),
+    )
+    ((count,),) = cursor.fetchall()
+    return int(count) > 0

@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from email import policy
-from email.message import EmailMessage
+from email.message import Message
 from html.parser import HTMLParser
 from typing import NamedTuple
 
@@ -85,17 +84,19 @@ class Receipt:
             self.notes[label] = match["note"]
 
 
-def read_message(raw: bytes) -> EmailMessage:
-    """The email in ``raw`` (RFC 822 bytes)."""
-    msg = email.message_from_bytes(raw, policy=policy.default)
-    assert isinstance(msg, EmailMessage)  # policy.default always builds EmailMessage
-    return msg
+def read_message(raw: bytes) -> Message:
+    """The email in ``raw`` (RFC 822 bytes).
+
+    Read with the compat32 policy: the producer needs two body parts and one header, and the modern
+    policy's header objects make reading several times slower (they parse every header in full).
+    """
+    return email.message_from_bytes(raw)
 
 
-def message_id_of(msg: EmailMessage) -> str | None:
+def message_id_of(msg: Message) -> str | None:
     """The Message-ID header, or None if the email has none."""
-    value = msg.get("Message-ID")
-    return str(value).strip() if value is not None and str(value).strip() else None
+    value = str(msg.get("Message-ID", "")).strip()
+    return value or None
 
 
 def parse_email(raw: bytes, provenance: Provenance) -> StoreOrder:
@@ -111,18 +112,34 @@ def parse_email(raw: bytes, provenance: Provenance) -> StoreOrder:
         raise ParseError(exc.reason, message_id, order_number or None) from None
 
 
-def read_receipt(msg: EmailMessage) -> Receipt:
+def _body_part(msg: Message) -> Message | None:
+    """The first text/plain part that is not an attachment, else the first such text/html part."""
+    found: dict[str, Message] = {}
+    for part in msg.walk():
+        kind = part.get_content_type()
+        if kind in ("text/plain", "text/html") and kind not in found:
+            if str(part.get("Content-Disposition", "")).strip().lower().startswith("attachment"):
+                continue
+            found[kind] = part
+    return found.get("text/plain") or found.get("text/html")
+
+
+def read_receipt(msg: Message) -> Receipt:
     """The receipt from the text part, or from the HTML part if there is no text part."""
-    part = msg.get_body(preferencelist=("plain", "html"))
+    part = _body_part(msg)
     if part is None:
         raise ParseError(f"no text/plain or text/html part (the email is {msg.get_content_type()})")
+    kind = part.get_content_type()
+    payload = part.get_payload(decode=True)  # undoes quoted-printable and base64
+    if not isinstance(payload, bytes):
+        raise ParseError(f"the {kind} part has no body")
+    # No charset: UTF-8, which reads ASCII as it is and is what a POS without one most likely wrote.
+    charset = part.get_content_charset() or "utf-8"
     try:
-        content = part.get_content()
-    except (LookupError, UnicodeError) as exc:  # an unknown charset, or bytes it cannot decode
-        raise ParseError(f"the {part.get_content_type()} part cannot be decoded: {exc}") from exc
-    if not isinstance(content, str):
-        raise ParseError(f"the {part.get_content_type()} part is not text")
-    if part.get_content_type() == "text/plain":
+        content = payload.decode(charset, errors="replace")
+    except LookupError as exc:
+        raise ParseError(f"the {kind} part is in an unknown charset {charset!r}") from exc
+    if kind == "text/plain":
         return receipt_from_text(content)
     return receipt_from_html(content)
 
@@ -209,7 +226,12 @@ def _amounts_format(amounts: list[tuple[str, str]]) -> MoneyFormat:
         for where, text in amounts:
             if not any(_parses(fmt, text) for fmt in _DISTINCT_FORMATS):
                 examples = ", ".join(repr(f.format(Decimal("1234.56"))) for f in _DISTINCT_FORMATS)
-                raise ParseError(f"{where} {text!r} is not an amount in any store format ({examples})")
+                # A line that starts with "." is sent as ".." (SMTP dot-stuffing); a mail path that does
+                # not undo it (e.g. a sender using bare LF line ends) leaves the extra dot in the body.
+                hint = (
+                    "; a doubled '.' is what SMTP dot-stuffing leaves when not undone" if ".." in text else ""
+                )
+                raise ParseError(f"{where} {text!r} is not an amount in any store format ({examples}){hint}")
         listed = "; ".join(f"{where} {text!r}" for where, text in amounts)
         raise ParseError(f"the amounts are not all written in one format: {listed}")
     # Two formats can both read every amount only if none has a group separator (1,00 € in de_DE and

@@ -32,7 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import NewTopic
 from confluent_kafka.serialization import SerializationError
 
-from omnistream.kafka import TopicSpec, admin, producer_config, registry_client
+from omnistream.kafka import TopicSpec, admin, producer_config
 from omnistream.settings import MailSettings, Settings
 from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS, dlq
 from producers.emails.checkpoint import Checkpoint, read_checkpoint
@@ -40,7 +40,7 @@ from producers.emails.dead_letter import DeadLetter
 from producers.emails.imap import FetchedEmail, MailboxReader, UidValidityChanged
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, message_id_of, parse_email, read_message
-from producers.emails.serde import EmailSerde
+from producers.emails.serde import EmailSerde, registry_client
 
 log = logging.getLogger(__name__)
 

@@ -10,29 +10,40 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from omnistream.kafka import load_schema
+from omnistream.settings import Settings
 from producers.emails.checkpoint import Checkpoint, checkpoint_to_dict
 from producers.emails.dead_letter import DeadLetter, dead_letter_to_dict
 from producers.emails.model import StoreOrder, store_order_to_dict
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ORDER_SCHEMA = "store_order"
 CHECKPOINT_SCHEMA = "email_checkpoint"
 DEAD_LETTER_SCHEMA = "dead_letter"
 
 
+# Without a timeout the registry client waits forever for an answer that may never come.
+REGISTRY_TIMEOUT_S = 30
+REGISTRY_RETRY_FOR_S = 120
+
+
 class SchemaRejected(RuntimeError):
     """The registry refused a schema (most often: not BACKWARD-compatible with the subject's last version)."""
+
+
+class RegistryUnavailable(RuntimeError):
+    """The schema registry did not answer within the retry window."""
 
 
 def _registry_unreachable(exc: BaseException) -> bool:
@@ -41,19 +52,46 @@ def _registry_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, httpx.TransportError))
 
 
-@retry(
+_registry_retry = retry(
     retry=retry_if_exception(_registry_unreachable),
     wait=wait_exponential(multiplier=0.5, max=10),
-    stop=stop_after_delay(120),
+    stop=stop_after_delay(REGISTRY_RETRY_FOR_S),
+    before_sleep=lambda state: log.warning(
+        "schema registry unavailable (%s); retry %d",
+        state.outcome.exception() if state.outcome else None,
+        state.attempt_number,
+    ),
     reraise=True,
 )
+
+
+def _with_registry(what: str, call: Callable[[], T]) -> T:
+    """``call()``, retried while the registry is unreachable; ``RegistryUnavailable`` if it stays so."""
+    try:
+        return _registry_retry(call)()
+    except Exception as exc:
+        if _registry_unreachable(exc):
+            raise RegistryUnavailable(
+                f"the schema registry did not answer for {REGISTRY_RETRY_FOR_S} s while {what} "
+                f"({type(exc).__name__}: {exc}); check that it is running (omnistream stack status) and "
+                "OMNISTREAM_REGISTRY__HOST / OMNISTREAM_REGISTRY__PORT"
+            ) from exc
+        raise
+
+
+def registry_client(settings: Settings) -> SchemaRegistryClient:
+    """A registry client whose requests time out (transient: retried) instead of hanging."""
+    return SchemaRegistryClient({"url": settings.registry.url, "timeout": REGISTRY_TIMEOUT_S})
+
+
 def register(registry: SchemaRegistryClient, subject: str, schema_name: str) -> int:
     """Register ``schemas/<schema_name>.avsc`` under ``subject``; returns its id (idempotent)."""
+    schema = Schema(load_schema(schema_name), "AVRO")
     try:
-        schema_id = registry.register_schema(subject, Schema(load_schema(schema_name), "AVRO"))
+        schema_id = _with_registry(
+            f"registering {subject}", lambda: registry.register_schema(subject, schema)
+        )
     except SchemaRegistryError as exc:
-        if _registry_unreachable(exc):
-            raise
         raise SchemaRejected(
             f"the schema registry refused schemas/{schema_name}.avsc for subject {subject!r}: {exc}. "
             "The registry enforces BACKWARD compatibility: add fields with defaults, or write to new topics."
@@ -91,7 +129,9 @@ class EmailSerde:
             register(registry, value_subject(topic), name)
 
         def serializer(name: str, to_dict: Callable[[Any, Any], dict[str, Any]]) -> AvroSerializer:
-            return AvroSerializer(registry, load_schema(name), to_dict)
+            # The subjects registered above, named by the topic-name strategy: no association lookups.
+            conf = {"subject.name.strategy": topic_subject_name_strategy}
+            return AvroSerializer(registry, load_schema(name), to_dict, conf)
 
         return cls(
             orders,
@@ -112,6 +152,7 @@ class EmailSerde:
     def checkpoint(self, checkpoint: Checkpoint) -> bytes:
         return self._serialize(self._checkpoint, checkpoint, self.checkpoints_topic)
 
+    @_registry_retry
     def read_checkpoint(self, value: bytes) -> dict[str, Any]:
         record = self._checkpoint_reader(
             value, SerializationContext(self.checkpoints_topic, MessageField.VALUE)
@@ -121,6 +162,8 @@ class EmailSerde:
 
     @staticmethod
     def _serialize(serializer: AvroSerializer, obj: object, topic: str) -> bytes:
-        value = serializer(obj, SerializationContext(topic, MessageField.VALUE))
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        # The first record of a topic looks its schema id up in the registry.
+        value = _with_registry(f"serializing for {topic}", lambda: serializer(obj, ctx))
         assert value is not None  # only None in, None out
         return value

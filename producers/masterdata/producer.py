@@ -24,19 +24,33 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import NewTopic
-from confluent_kafka.schema_registry import Schema, SchemaRegistryError
+from confluent_kafka.schema_registry import (
+    Schema,
+    SchemaRegistryClient,
+    SchemaRegistryError,
+    topic_subject_name_strategy,
+)
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from omnistream.kafka import TopicSpec, admin, load_schema, producer_config, registry_client
+from omnistream.kafka import TopicSpec, admin, load_schema, producer_config
 from omnistream.settings import Settings
 from omnistream.topics import dlq
-from producers.masterdata.client import ApiClient
+from producers.emails.dead_letter import DeadLetter, dead_letter_to_dict
+from producers.masterdata.client import API_PREFIX, ApiClient
 from producers.masterdata.entities import EntitySpec, topic_names
 from producers.masterdata.records import InvalidRecord, RecordConverter
 from producers.masterdata.state import TopicState, read_topic_state
 
 log = logging.getLogger(__name__)
+
+# Seconds per registry request; the client retries a request that times out. Without a timeout, a registry
+# that stops answering would stall the producer forever.
+REGISTRY_TIMEOUT_S = 15
+# Subjects are `<topic>-value` (Confluent's TopicNameStrategy), named explicitly so that no serializer asks
+# the registry for topic associations first, which Confluent-compatible registries do not all serve.
+SERDE_CONF = {"subject.name.strategy": topic_subject_name_strategy}
+DEAD_LETTER_SCHEMA = "dead_letter"  # shared by every producer and sink
 
 
 class SnapshotFailed(Exception):
@@ -123,13 +137,14 @@ def new_snapshot_id(at: datetime) -> str:
 
 @dataclass
 class _Channel:
-    """Everything needed to publish one entity to its topic."""
+    """Everything needed to publish one entity to its topic, and what it rejects to its dead-letter topic."""
 
     spec: EntitySpec
     topic: str
     converter: RecordConverter
     serializer: AvroSerializer
     deserializer: AvroDeserializer
+    dead_letters: AvroSerializer
 
 
 class MasterDataProducer:
@@ -139,7 +154,7 @@ class MasterDataProducer:
         self.settings = settings
         self.client = client
         self.options = options or SnapshotOptions()
-        self._registry = registry_client(settings)
+        self._registry = SchemaRegistryClient({"url": settings.registry.url, "timeout": REGISTRY_TIMEOUT_S})
         self._producer = Producer(producer_config(settings))
         self._channels: dict[str, _Channel] = {}
         self._failures: list[str] = []
@@ -168,26 +183,33 @@ class MasterDataProducer:
             [TopicSpec.compacted(t, parts) for t in topics.values()]
             + [TopicSpec(dlq(t), parts) for t in topics.values()],
         )
+        dead_letter_text = load_schema(DEAD_LETTER_SCHEMA)
         for spec in todo:
             topic = topics[spec.name]
             text = load_schema(spec.schema)
-            subject = f"{topic}-value"
-            try:
-                schema_id = self._registry.register_schema(subject, Schema(text, "AVRO"))
-            except SchemaRegistryError as exc:
-                raise SchemaRejected(
-                    f"the schema registry refused schemas/{spec.schema}.avsc for subject {subject}: {exc}; "
-                    "a schema change must stay BACKWARD compatible (new fields need defaults)"
-                ) from exc
-            log.info("schema %s registered for %s (id %d)", spec.schema, subject, schema_id)
+            self._register(topic, spec.schema, text)
+            self._register(dlq(topic), DEAD_LETTER_SCHEMA, dead_letter_text)
+            serializer_conf = {"auto.register.schemas": False, **SERDE_CONF}
             self._channels[spec.name] = _Channel(
                 spec,
                 topic,
                 RecordConverter(text, spec.key_field),
-                AvroSerializer(self._registry, text, conf={"auto.register.schemas": False}),
+                AvroSerializer(self._registry, text, conf=serializer_conf),
                 # Older versions are read into the current shape, so content compares field by field.
-                AvroDeserializer(self._registry, text),
+                AvroDeserializer(self._registry, text, conf=SERDE_CONF),
+                AvroSerializer(self._registry, dead_letter_text, dead_letter_to_dict, conf=serializer_conf),
             )
+
+    def _register(self, topic: str, schema_name: str, text: str) -> None:
+        subject = f"{topic}-value"
+        try:
+            schema_id = self._registry.register_schema(subject, Schema(text, "AVRO"))
+        except SchemaRegistryError as exc:
+            raise SchemaRejected(
+                f"the schema registry refused schemas/{schema_name}.avsc for subject {subject}: {exc}; "
+                "a schema change must stay BACKWARD compatible (new fields need defaults)"
+            ) from exc
+        log.info("schema %s registered for %s (id %d)", schema_name, subject, schema_id)
 
     def snapshot(
         self,
@@ -196,6 +218,8 @@ class MasterDataProducer:
         snapshot_at: datetime | None = None,
     ) -> SnapshotReport:
         """One full snapshot of ``specs``, entity after entity; raises at the first entity that fails."""
+        if not specs:
+            raise ValueError("a snapshot needs at least one entity")
         self.client.check(specs[0].name)
         self.prepare(specs)
         at = (snapshot_at or datetime.now(UTC)).astimezone(UTC)
@@ -266,13 +290,14 @@ class MasterDataProducer:
             if key is None:
                 raise InvalidRecord(f"no usable {channel.spec.key_field}")
             record = channel.converter.convert(item, snapshot.snapshot_id, snapshot.snapshot_at)
+            if not self.options.republish and state.live.get(key) == channel.converter.fingerprint(record):
+                report.unchanged += 1
+                return
             value = channel.serializer(record, SerializationContext(channel.topic, MessageField.VALUE))
         except (InvalidRecord, ValueError, TypeError) as exc:
+            # ValueError/TypeError: what fastavro says about a value that does not fit the schema.
             report.invalid += 1
             self._dead_letter(channel, key, item, exc, snapshot.snapshot_id)
-            return
-        if not self.options.republish and state.live.get(key) == channel.converter.fingerprint(record):
-            report.unchanged += 1
             return
         self._produce(channel.topic, key.encode(), value)
         report.published += 1
@@ -280,25 +305,26 @@ class MasterDataProducer:
     def _dead_letter(
         self, channel: _Channel, key: str | None, item: Any, exc: Exception, snapshot_id: str
     ) -> None:
-        log.warning("%s %s rejected to %s: %s", channel.spec.name, key, dlq(channel.topic), exc)
-        body = {"entity": channel.spec.name, "snapshot_id": snapshot_id, "error": str(exc), "item": item}
-        self._produce(
-            dlq(channel.topic),
-            key.encode() if key is not None else None,
-            json.dumps(body, default=str).encode(),
-            headers=[("error", str(exc).encode()), ("snapshot_id", snapshot_id.encode())],
+        target = dlq(channel.topic)
+        log.warning("%s %s rejected to %s: %s", channel.spec.name, key, target, exc)
+        raw_key = key.encode() if key is not None else None
+        letter = DeadLetter.from_error(
+            exc,
+            topic=channel.topic,
+            source=f"{self.client.base_url}{API_PREFIX}/{channel.spec.name}",
+            # The item as the API sent it: JSON keeps its decimal strings exactly.
+            payload=json.dumps(item, ensure_ascii=False).encode(),
+            key=raw_key,
+            source_id=key,
+            attributes={"entity": channel.spec.name, "snapshot_id": snapshot_id},
         )
+        value = channel.dead_letters(letter, SerializationContext(target, MessageField.VALUE))
+        self._produce(target, raw_key, value)
 
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-    ) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room, then try again.

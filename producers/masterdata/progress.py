@@ -21,7 +21,7 @@ class SnapshotDisplay:
 
     def _start(self) -> Progress:
         progress = Progress(
-            SpinnerColumn(),
+            SpinnerColumn(finished_text="[green]✓"),
             TextColumn("[bold]{task.fields[entity]:<9}"),
             TextColumn("{task.fields[phase]:<13}"),
             TextColumn("{task.completed:>9,.0f} records"),
@@ -47,6 +47,8 @@ class SnapshotDisplay:
         if r.entity not in self._tasks:
             self._tasks[r.entity] = progress.add_task(r.entity, total=None, entity=r.entity, **fields)
         progress.update(self._tasks[r.entity], completed=r.fetched, **fields)
+        if r.phase == "done":  # a total makes the task finished: a tick instead of the spinner
+            progress.update(self._tasks[r.entity], total=r.fetched, completed=r.fetched)
         if r.phase in ("done", "failed"):
             progress.stop_task(self._tasks[r.entity])
 

@@ -79,7 +79,9 @@ def read_topic_state(
                     f"reading {topic} to its end took over {timeout_s:.0f} s; "
                     f"{len(end)} partitions unfinished"
                 )
-            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+            # consume() returns when the batch is full or the timeout passes: a short timeout keeps the
+            # last, partial batch from waiting.
+            for msg in consumer.consume(num_messages=5000, timeout=0.05):
                 partition = msg.partition() or 0  # every message from an assigned partition has one
                 error = msg.error()
                 if error is not None:

@@ -33,11 +33,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
-from omnistream.kafka import registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
 from producers.emails.producer import EmailProducer, EmailTopics, FatalProducerError, ProducerOptions
+from producers.emails.serde import registry_client
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
 from simulators.manifest import read_totals
 
@@ -364,6 +364,81 @@ def test_kill_9_in_the_middle_of_a_batch_loses_and_duplicates_nothing(
         ).values()
     )
     assert in_log_after == count + (in_log - batch)
+
+
+# -- --follow --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_idle", [True, False], ids=["idle", "polling"])
+def test_follow_produces_new_mail_as_it_arrives(
+    stack_settings: Settings, mailbox: MailSettings, topics: EmailTopics, unique: str, use_idle: bool
+) -> None:
+    stop = threading.Event()
+    producer = new_producer(
+        stack_settings, mailbox, topics, f"test-{unique}", use_idle=use_idle, poll_interval_s=0.5
+    )
+    failures: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            with producer:
+                producer.follow(stop, wait_s=30)
+        except BaseException as exc:  # reported by the test below
+            failures.append(exc)
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        # Sent while the producer waits on an empty mailbox: it has to notice them by itself.
+        send_emails(mailbox, EmailsConfig(seed=35, rate=0, count=4, anomaly_share=0.0))
+        deadline = time.monotonic() + 60
+        produced = 0
+        while produced < 4:
+            assert time.monotonic() < deadline, f"{produced} of 4 records after 60 s"
+            assert not failures, failures
+            produced = producer.progress.produced
+            thread.join(timeout=0.2)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert not failures, failures
+    records = read_topics(stack_settings, [topics.orders])
+    assert sorted(r["value"]["imap_uid"] for r in records[topics.orders]) == [1, 2, 3, 4]
+
+
+def test_cli_follow_stops_cleanly_on_sigterm(
+    stack_settings: Settings, mailbox: MailSettings, topics: EmailTopics, unique: str, tmp_path: Path
+) -> None:
+    send_emails(mailbox, EmailsConfig(seed=36, rate=0, count=3, anomaly_share=0.0))
+    wait_for_mail(mailbox, 3)
+    env = {
+        **os.environ,
+        "OMNISTREAM_MAIL__MAILBOX_USER": mailbox.mailbox_user,
+        "OMNISTREAM_MAIL__MAILBOX_PASSWORD": mailbox.mailbox_password.get_secret_value(),
+    }
+    command = [
+        *(sys.executable, "-m", "omnistream", "produce", "emails", "--follow"),
+        *("--topic", topics.orders, "--checkpoint-topic", topics.checkpoints),
+        *("--transactional-id", f"test-{unique}"),
+    ]
+    out_path = tmp_path / "producer.out"
+    with out_path.open("wb") as out:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while "UIDs 1-3: 3 produced" not in out_path.read_text():
+            assert time.monotonic() < deadline, out_path.read_text()
+            assert process.poll() is None, out_path.read_text()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.2)
+        process.send_signal(signal.SIGTERM)  # while it waits for new mail
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert "done: 3 produced, 0 dead-lettered in 1 batches" in out_path.read_text()
 
 
 # -- UIDVALIDITY ------------------------------------------------------------------------------------------

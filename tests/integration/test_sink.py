@@ -19,6 +19,7 @@ from test_sink_support import (
     AvroProducer,
     assert_files_tile,
     drain,
+    header,
     landed,
     landed_files,
     metadata_offsets,
@@ -154,16 +155,16 @@ def test_undecodable_records_go_to_the_dlq_with_a_reason_and_the_rest_keep_flowi
 
     dead = read_topic(stack_settings, dlq(topic))
     assert len(dead) == 3
-    by_offset = {int(dict(d.headers)[OFFSET]): d for d in dead}
+    by_offset = {int(header(d, OFFSET)): d for d in dead}
     assert sorted(by_offset) == [1, 3, 4]
-    reasons = {o: dict(d.headers)[REASON].decode() for o, d in by_offset.items()}
+    reasons = {o: header(d, REASON) for o, d in by_offset.items()}
     assert reasons[1].startswith("not-wire-format:")
     assert reasons[3].startswith("unknown-schema:") and str(0x7FFFFFF0) in reasons[3]
     assert reasons[4].startswith("corrupt-avro:")
     original = read_topic(stack_settings, topic)
     for offset, letter in by_offset.items():
         assert (letter.key, letter.value) == (original[offset].key, original[offset].value)
-        assert dict(letter.headers)[TOPIC].decode() == topic and dict(letter.headers)[PARTITION] == b"0"
+        assert header(letter, TOPIC) == topic and header(letter, PARTITION) == "0"
     assert ("source", b"test") in by_offset[1].headers
 
     # Every offset is accounted for once: a row, or a dead letter the file's range covers and names.

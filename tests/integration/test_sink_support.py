@@ -162,6 +162,13 @@ class Record:
     timestamp_ms: int
 
 
+def header(record: Record, name: str) -> str:
+    """The text of the first header called ``name``."""
+    value = dict(record.headers)[name]
+    assert value is not None, name
+    return value.decode()
+
+
 def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Record]:
     """Every record of ``topic``, in (partition, offset) order."""
     consumer = Consumer(
@@ -242,13 +249,13 @@ def metadata_offsets(rows: Iterable[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(r["record_metadata"]["partition"], r["record_metadata"]["offset"]) for r in rows]
 
 
-def sink_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
-    """``python -m omnistream sink ARGS`` as a child process (its output in the test's log on failure)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "omnistream", "sink", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+def sink_process(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m omnistream sink ARGS`` as a child process, its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "omnistream", "sink", *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )

@@ -129,3 +129,13 @@ def test_every_omnistream_command_in_the_file_exists(compose: dict[str, Any]) ->
         assert result.returncode == 0, f"{name}: omnistream {' '.join(words)}: {result.stdout}{result.stderr}"
         checked += 1
     assert checked >= 5
+
+
+def test_compose_connect_worker_matches_the_local_stack_worker() -> None:
+    """Both Connect workers set the same keys (converters, storage topics, config providers)."""
+
+    def keys(path: str) -> set[str]:
+        lines = (PROJECT_ROOT / path).read_text().splitlines()
+        return {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
+
+    assert keys("connect/connect-distributed.properties") == keys("stack/conf/connect-distributed.properties")

@@ -129,7 +129,7 @@ def test_html_part_is_read_when_there_is_no_text_part(locale: str) -> None:
     html_only = MIMEMultipart("alternative")
     html_only["Message-ID"] = MESSAGE_ID
     full = read_message(raw_email(PlannedEmail(seq=0, purchase=p, encoding="quoted-printable")))
-    html_only.attach(next(part for part in full.iter_parts() if part.get_content_type() == "text/html"))
+    html_only.attach(next(part for part in full.walk() if part.get_content_type() == "text/html"))
     assert_order_matches(parse_email(html_only.as_bytes(), PROVENANCE), p)
 
 
@@ -291,6 +291,18 @@ def test_amounts_must_be_in_one_known_format() -> None:
     unknown = GERMAN_TEXT.replace("Total: 1.500,21 €", "Total: 1531.15 EUR")
     with pytest.raises(ParseError, match=r"^Total '1531.15 EUR' is not an amount in any store format"):
         parse_email(text_email(unknown), PROVENANCE)
+
+
+def test_a_dot_left_by_smtp_dot_stuffing_is_named_in_the_reason() -> None:
+    # Seen when a sender writes bare LF line ends: a quoted-printable soft break before ".18" makes a line
+    # start with "." that SMTP doubles and the server, looking for CRLF, never undoes.
+    irish = body_of(purchase(STORE_OF_LOCALE["en_IE"])).replace("€25.98", "€25..98")
+    with pytest.raises(ParseError) as caught:
+        parse_email(text_email(irish), PROVENANCE)
+    assert caught.value.reason.startswith(
+        "item line 1 Line total '€25..98' is not an amount in any store format"
+    )
+    assert caught.value.reason.endswith("a doubled '.' is what SMTP dot-stuffing leaves when not undone")
 
 
 def test_a_row_short_of_columns_without_garbage_is_rejected() -> None:

@@ -42,10 +42,10 @@ OPENAPI_SCHEMA = {"customers": "Customer", "products": "Product", "stores": "Sto
 def api_items() -> dict[str, list[dict[str, Any]]]:
     """The reference data exactly as the API serves it (JSON types)."""
     tables = reference_tables(build_reference(42))
-    return {
-        name: [json.loads(json.dumps(public_view(ENTITIES[name], r))) for r in rows.values()]
-        for name, rows in tables.items()
-    }
+    items: dict[str, list[dict[str, Any]]] = {}
+    for name, rows in tables.items():
+        items[name] = [json.loads(json.dumps(public_view(ENTITIES[name], r))) for r in rows.values()]
+    return items
 
 
 def converter(entity: str) -> RecordConverter:
@@ -93,17 +93,18 @@ def test_every_api_item_becomes_a_record_that_round_trips_through_avro_exactly(
         fastavro.schemaless_writer(buffer, schema, record)
         buffer.seek(0)
         decoded = fastavro.schemaless_reader(buffer, schema, schema)
+        assert isinstance(decoded, dict)
 
         assert decoded == record
         assert conv.key(item) == str(item[ENTITY_SPECS[entity].key_field])
         for name, value in item.items():
-            if isinstance(decoded[name], Decimal):
-                assert decoded[name] == Decimal(value)
-            elif isinstance(decoded[name], datetime):
-                assert decoded[name] == datetime.fromisoformat(value)
-                assert decoded[name].tzinfo is not None
+            got = decoded[name]
+            if isinstance(got, Decimal):
+                assert got == Decimal(value)
+            elif isinstance(got, datetime):
+                assert got == datetime.fromisoformat(value) and got.tzinfo is not None
             else:
-                assert decoded[name] == value
+                assert got == value
 
 
 def test_prices_and_rates_stay_exact() -> None:
@@ -213,7 +214,7 @@ def test_connection_errors_are_retried_then_reported_with_what_to_check() -> Non
     # Nothing listens on the port any more: every connection is refused.
     policy = RetryPolicy(max_attempts=3, initial_s=0.0, max_backoff_s=0.0, timeout_s=2.0)
     with ApiClient(f"http://127.0.0.1:{port}", "token", policy) as client:
-        with pytest.raises(ApiUnavailable, match="after 3 attempts.*OMNISTREAM_API__HOST"):
+        with pytest.raises(ApiUnavailable, match=r"after 3 attempts.*OMNISTREAM_API__HOST"):
             list(client.walk("customers"))
         assert client.stats.requests == 3
         assert client.stats.retries == {"ConnectError": 2}

@@ -15,4 +15,4 @@
 
 {% macro kafka_timestamp() %}{{ return(adapter.dispatch('kafka_timestamp', 'omnistream')()) }}{% endmacro %}
 {% macro default__kafka_timestamp() %}cast(struct_extract(record_metadata, 'timestamp') as timestamptz){% endmacro %}
-{% macro snowflake__kafka_timestamp() %}to_timestamp_tz(cast(record_metadata:CreateTime as bigint), 3){% endmacro %}
+{% macro snowflake__kafka_timestamp() %}{{ snowflake__epoch_ms_to_timestamptz('record_metadata:CreateTime') }}{% endmacro %}

@@ -7,12 +7,12 @@
     ZonedTimestamp) as well as timestamps. -#}
 {% macro to_timestamptz(expression) %}{{ return(adapter.dispatch('to_timestamptz', 'omnistream')(expression)) }}{% endmacro %}
 {% macro default__to_timestamptz(expression) %}cast({{ expression }} as timestamptz){% endmacro %}
-{% macro snowflake__to_timestamptz(expression) %}to_timestamp_tz({{ expression }}){% endmacro %}
+{% macro snowflake__to_timestamptz(expression) %}cast({{ expression }} as timestamp_tz){% endmacro %}
 
 {#- An instant from epoch milliseconds (Debezium's source.ts_ms). -#}
 {% macro epoch_ms_to_timestamptz(expression) %}{{ return(adapter.dispatch('epoch_ms_to_timestamptz', 'omnistream')(expression)) }}{% endmacro %}
 {% macro default__epoch_ms_to_timestamptz(expression) %}cast(epoch_ms(cast({{ expression }} as bigint)) as timestamptz){% endmacro %}
-{% macro snowflake__epoch_ms_to_timestamptz(expression) %}to_timestamp_tz(cast({{ expression }} as bigint), 3){% endmacro %}
+{% macro snowflake__epoch_ms_to_timestamptz(expression) %}cast(to_timestamp_ltz(cast({{ expression }} as bigint), 3) as timestamp_tz){% endmacro %}
 
 {#- The UTC calendar day of an instant: the day the manifests and the marts count an order on. -#}
 {% macro utc_date(expression) %}{{ return(adapter.dispatch('utc_date', 'omnistream')(expression)) }}{% endmacro %}

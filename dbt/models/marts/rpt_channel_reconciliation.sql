@@ -126,7 +126,7 @@ pivoted as (
 
 ),
 
-final as (
+typed as (
 
     select
         cast(order_date as varchar) || '|' || channel || '|' || coalesce(store_id, '-') as reconciliation_key,
@@ -141,13 +141,22 @@ final as (
         cast(live_orders as bigint) as live_orders,
         {{ money('live_gross_amount') }} as live_gross_amount,
         cast(mart_orders as bigint) as mart_orders,
-        {{ money('mart_gross_amount') }} as mart_gross_amount,
+        {{ money('mart_gross_amount') }} as mart_gross_amount
+    from pivoted
+
+),
+
+-- Compared after the casts to exact money, so no engine's intermediate type for the sums decides the result.
+final as (
+
+    select
+        *,
         {{ money('mart_gross_amount - history_gross_amount - live_gross_amount') }} as gross_difference,
         (
             mart_orders = history_orders + live_orders
             and mart_gross_amount = history_gross_amount + live_gross_amount
         ) as is_reconciled
-    from pivoted
+    from typed
 
 )
 

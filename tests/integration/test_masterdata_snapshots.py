@@ -7,6 +7,7 @@ knows nothing but the registry. Drift and faults are switched through the app's 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from omnistream.kafka import admin, client_config, registry_client
+from omnistream.kafka import admin, client_config
 from omnistream.settings import Settings
 from omnistream.topics import dlq
 from producers.masterdata.client import ApiAuthError, ApiClient, ApiUnavailable, RetryPolicy
@@ -149,11 +151,17 @@ def snapshot(
 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[str, dict[str, Any] | None]]:
-    """Every (key, value) in ``topic`` up to its current end, decoded with the registry's schemas only."""
-    deserializer = AvroDeserializer(registry_client(settings))
+    """Every (key, value) in ``topic`` up to its current end, by partition and offset.
+
+    Values are decoded with the writer's schema from the registry, nothing else.
+    """
+    registry = SchemaRegistryClient({"url": settings.registry.url, "timeout": 15})
+    deserializer = AvroDeserializer(registry)
     ctx = SerializationContext(topic, MessageField.VALUE)
-    consumer = Consumer(client_config(settings, **{"group.id": f"reader-{topic}", "enable.auto.commit": False}))
-    records: list[tuple[str, dict[str, Any] | None]] = []
+    consumer = Consumer(
+        client_config(settings, **{"group.id": f"reader-{topic}", "enable.auto.commit": False})
+    )
+    records: list[tuple[int, int, str, dict[str, Any] | None]] = []
     try:
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         ends = {}
@@ -169,15 +177,16 @@ def read_topic(settings: Settings, topic: str) -> list[tuple[str, dict[str, Any]
                 continue
             if msg.error():
                 raise KafkaException(msg.error())
-            raw = msg.value()
+            partition, offset, key, raw = msg.partition(), msg.offset(), msg.key(), msg.value()
+            assert partition is not None and offset is not None and isinstance(key, bytes)
             value = deserializer(raw, ctx) if raw is not None else None
-            records.append((msg.key().decode(), value))
-            if msg.offset() >= ends[msg.partition()] - 1:
-                del ends[msg.partition()]
+            records.append((partition, offset, key.decode(), value))
+            if offset >= ends[partition] - 1:
+                del ends[partition]
         assert not ends, f"{topic} not read to its end"
     finally:
         consumer.close()
-    return records
+    return [(key, value) for _, _, key, value in sorted(records, key=lambda r: r[:2])]
 
 
 def latest(records: list[tuple[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any] | None]:
@@ -189,9 +198,7 @@ def live_in_api(store: MasterData, entity: str) -> dict[str, dict[str, Any]]:
     """What the API serves now, by key, with typed values (deleted flag left out)."""
     columns = [name for name, _ in ENTITIES[entity].public_columns]
     key = ENTITIES[entity].key
-    return {
-        str(r[key]): {c: r[c] for c in columns} for r in store.records(entity) if not r["deleted"]
-    }
+    return {str(r[key]): {c: r[c] for c in columns} for r in store.records(entity) if not r["deleted"]}
 
 
 def entity_fields(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -332,3 +339,185 @@ def test_a_snapshot_that_fails_midway_publishes_no_tombstones(
         view = latest(read_topic(stack_settings, topic_names(prefix)["customers"]))
         assert {k for k, v in view.items() if v is None} == {str(c) for c in gone}
         assert_topic_mirrors_api(stack_settings, prefix, api.store, "customers")
+
+
+# --- API faults and terminal errors -------------------------------------------------------------------
+
+
+def test_api_faults_are_retried_honouring_retry_after_and_the_snapshot_completes(
+    stack_settings: Settings, data_dir: Path, prefix: str
+) -> None:
+    faults = FaultConfig(
+        error_rate=0.2, throttle_rate=0.15, slow_rate=0.1, slow_s=0.05, retry_after_s=1, seed=3
+    )
+    with serving(data_dir, faults=faults) as api, ApiClient(api.url, TOKEN, QUICK) as client:
+        opts = SnapshotOptions(page_size=250, topics=topic_names(prefix))
+        with MasterDataProducer(stack_settings, client, opts) as producer:
+            report = producer.snapshot(ALL)
+
+        assert [(e.entity, e.fetched, e.published) for e in report.entities] == [
+            ("customers", 3000, 3000),
+            ("products", 400, 400),
+            ("stores", 12, 12),
+        ]
+        assert client.stats.retries["500"] > 0 and client.stats.retries["429"] > 0
+        throttled = [(waited, asked) for reason, waited, asked in client.stats.waits if reason == "429"]
+        assert throttled and all(asked == 1 and waited == asked for waited, asked in throttled)
+        for entity in ENTITY_SPECS:
+            assert_topic_mirrors_api(stack_settings, prefix, api.store, entity)
+
+
+def test_a_rejected_token_fails_fast_with_what_to_set(
+    stack_settings: Settings, api: Served, prefix: str
+) -> None:
+    with ApiClient(api.url, "not-the-token", QUICK) as client:
+        opts = SnapshotOptions(topics=topic_names(prefix))
+        with (
+            MasterDataProducer(stack_settings, client, opts) as producer,
+            pytest.raises(ApiAuthError, match=r"rejected the token.*set OMNISTREAM_API__TOKEN"),
+        ):
+            producer.snapshot(ALL)
+        assert client.stats.requests == 1  # no retries
+    existing = admin(stack_settings).list_topics(timeout=30).topics
+    assert not [t for t in existing if t.startswith(prefix)], (
+        "nothing should be set up before the API answers"
+    )
+
+
+def test_an_item_that_does_not_fit_the_schema_goes_to_the_dead_letter_topic_and_is_not_tombstoned(
+    stack_settings: Settings, data_dir: Path, prefix: str
+) -> None:
+    with serving(data_dir) as api:
+        snapshot(stack_settings, api.url, prefix, specs=[ENTITY_SPECS["products"]])
+    rows = read_table(data_dir / PRODUCTS.file_name, PRODUCTS)
+    rows["SKU-00007"]["unit_price"] = Decimal("12.345")  # three decimals: no exact price in decimal(12,2)
+    write_table(data_dir / PRODUCTS.file_name, PRODUCTS, rows)
+
+    with serving(data_dir) as api:
+        report = snapshot(stack_settings, api.url, prefix, specs=[ENTITY_SPECS["products"]])
+
+    [products] = report.entities
+    assert (products.fetched, products.invalid, products.published, products.tombstones) == (400, 1, 0, 0)
+    topic = topic_names(prefix)["products"]
+    assert latest(read_topic(stack_settings, topic))["SKU-00007"] is not None  # the last good version stays
+    [(key, letter)] = read_topic(stack_settings, dlq(topic))
+    assert key == "SKU-00007" and letter is not None
+    assert letter["topic"] == topic and letter["source_id"] == "SKU-00007"
+    assert "unit_price" in letter["reason"] and letter["error_class"].endswith("InvalidRecord")
+    assert json.loads(letter["payload"])["unit_price"] == "12.345"  # the item exactly as the API sent it
+    assert letter["attributes"] == {"entity": "products", "snapshot_id": report.snapshot_id}
+
+
+# --- the command line ---------------------------------------------------------------------------------
+
+
+def _run_command(
+    api: Served, prefix: str, *args: str, token: str = TOKEN, **popen: Any
+) -> subprocess.Popen[str]:
+    """``omnistream produce masterdata`` in a process of its own, pointed at ``api`` by environment."""
+    command = [sys.executable, "-m", "omnistream", "produce", "masterdata", "--topic-prefix", prefix]
+    env = {
+        **os.environ,
+        "OMNISTREAM_API__HOST": "127.0.0.1",
+        "OMNISTREAM_API__PORT": str(api.port),
+        "OMNISTREAM_API__TOKEN": token,
+    }
+    return subprocess.Popen(
+        [*command, "--page-size", "100", "--max-attempts", "3", *args], env=env, cwd=ROOT, text=True, **popen
+    )
+
+
+@contextmanager
+def new_records(settings: Settings, topic: str) -> Iterator[Callable[[int], None]]:
+    """Watch ``topic`` from its current end; the callable blocks until that many new records arrived."""
+    consumer = Consumer(
+        client_config(settings, **{"group.id": f"watch-{topic}", "enable.auto.commit": False})
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    ends = [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions]
+    consumer.assign([TopicPartition(topic, p, end) for p, end in zip(partitions, ends, strict=True)])
+    seen = 0
+
+    def wait_for(count: int) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 90
+        while seen < count:
+            assert time.monotonic() < deadline, f"{topic}: {seen} of {count} new records arrived"
+            msg = consumer.poll(0.5)
+            if msg is not None:
+                if msg.error():
+                    raise KafkaException(msg.error())
+                seen += 1
+
+    try:
+        yield wait_for
+    finally:
+        consumer.close()
+
+
+def test_the_command_reports_a_rejected_token_and_exits_1(api: Served, prefix: str) -> None:
+    process = _run_command(
+        api, prefix, "--once", token="wrong", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert "rejected the token" in err and "OMNISTREAM_API__TOKEN" in err
+
+
+def test_a_producer_killed_mid_snapshot_publishes_no_tombstones_and_the_next_run_completes(
+    stack_settings: Settings, api: Served, prefix: str
+) -> None:
+    snapshot(stack_settings, api.url, prefix, specs=CUSTOMERS)
+    gone = api.store.drift_once(DRIFT).deleted
+    topic = topic_names(prefix)["customers"]
+    api.set_faults(FaultConfig(slow_rate=1.0, slow_s=0.1))  # a slow API: the walk takes a few seconds
+
+    with new_records(stack_settings, topic) as wait_for:
+        process = _run_command(
+            api, prefix, "--once", "--entities", "customers", "--republish", stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for(300)  # well into the walk, far from its end
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    view = latest(read_topic(stack_settings, topic))
+    assert len(view) == 3000
+    assert all(v is not None for v in view.values()), "a killed snapshot published tombstones"
+
+    api.set_faults(None)
+    report = snapshot(stack_settings, api.url, prefix, specs=CUSTOMERS)
+    assert report.entities[0].tombstones == len(gone)
+    view = latest(read_topic(stack_settings, topic))
+    assert {k for k, v in view.items() if v is None} == {str(c) for c in gone}
+    assert_topic_mirrors_api(stack_settings, prefix, api.store, "customers")
+
+
+def test_the_command_snapshots_every_interval_until_terminated(
+    stack_settings: Settings, api: Served, prefix: str
+) -> None:
+    stores = [ENTITY_SPECS["stores"]]
+    snapshot(stack_settings, api.url, prefix, specs=stores)
+    topic = topic_names(prefix)["stores"]
+
+    with new_records(stack_settings, topic) as wait_for:
+        process = _run_command(
+            api, prefix, "--every", "1s", "--entities", "stores", "--republish",
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # Three snapshots, every store in each; the first two have printed their reports by then.
+            wait_for(3 * 12)
+            process.send_signal(signal.SIGTERM)
+            out, _ = process.communicate(timeout=60)
+        finally:
+            process.kill()
+            process.wait(timeout=30)
+
+    assert process.returncode == 0
+    snapshots = {v["snapshot_id"] for _, v in read_topic(stack_settings, topic) if v is not None}
+    assert len(snapshots) >= 4  # the one taken in-process, then three or more by the command
+    assert out.count("snapshot ") >= 2

@@ -1,0 +1,31 @@
+{#- Where a snapshot stages the changes it merges. On Snowflake the staging table is transient instead of
+    temporary (as dbt-snowflake does for incremental models with tmp_relation_type='transient'): no fail-safe
+    cost either, it shows in the catalog while it lives, and the Snowflake-protocol stand-in the tests run
+    against (fakesnow) can create it. It is dropped right after the merge. DuckDB keeps its adapter's way. -#}
+
+{% macro build_snapshot_staging_table(strategy, sql, target_relation) %}
+    {{ return(adapter.dispatch('build_snapshot_staging_table', 'omnistream')(strategy, sql, target_relation)) }}
+{% endmacro %}
+
+{% macro default__build_snapshot_staging_table(strategy, sql, target_relation) %}
+    {#- dbt-duckdb's own implementation, which a project-level macro of this name would otherwise hide. -#}
+    {% set temporary_relation = duckdb__dispatch_temporary_relation(target_relation) %}
+    {% set select = snapshot_staging_table(strategy, sql, target_relation) %}
+    {% call statement('build_snapshot_staging_relation') %}
+        {{ create_table_as(temporary_relation.temporary, temporary_relation.relation, select) }}
+    {% endcall %}
+    {% do return(temporary_relation.relation) %}
+{% endmacro %}
+
+{% macro snowflake__build_snapshot_staging_table(strategy, sql, target_relation) %}
+    {% set staging_relation = make_temp_relation(target_relation) %}
+    {% set select = snapshot_staging_table(strategy, sql, target_relation) %}
+    {% call statement('build_snapshot_staging_relation') %}
+        {{ snowflake__create_table_transient_sql(staging_relation, select) }}
+    {% endcall %}
+    {% do return(staging_relation) %}
+{% endmacro %}
+
+{% macro snowflake__post_snapshot(staging_relation) %}
+    {% do drop_relation_if_exists(staging_relation) %}
+{% endmacro %}

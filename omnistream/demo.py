@@ -1,0 +1,259 @@
+"""The main job on the local stack: every source, through Kafka and the landing zone, into the marts.
+
+Each step runs the same ``omnistream`` command a user would, as a subprocess, and shows its progress.
+The report reconciles the marts with the simulators' ground-truth manifests, to the cent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+
+from omnistream.settings import Settings
+from omnistream.stack.manager import Stack
+from omnistream.warehouse.dbt import DbtRun, default_duckdb_path, run_dbt
+from simulators.manifest import read_totals
+
+log = logging.getLogger(__name__)
+
+CONNECTOR = "onlinedb-postgres"
+
+
+@dataclass(frozen=True)
+class Scale:
+    history_rows: int
+    live_seconds: float
+    order_rate: float
+    email_rate: float
+
+
+SCALES = {
+    "small": Scale(history_rows=200_000, live_seconds=30, order_rate=5, email_rate=3),
+    "full": Scale(history_rows=6_000_000, live_seconds=120, order_rate=10, email_rate=5),
+}
+
+
+@dataclass
+class DemoReport:
+    seconds: dict[str, float] = field(default_factory=dict)
+    landed_rows: dict[str, int] = field(default_factory=dict)
+    mart_rows: dict[str, int] = field(default_factory=dict)
+    revenue: dict[str, Decimal] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+    reconciled_keys: int = 0
+
+
+def omnistream(*args: str) -> list[str]:
+    return [sys.executable, "-m", "omnistream", *args]
+
+
+class Demo:
+    def __init__(self, settings: Settings, scale: Scale, seed: int, say: Any) -> None:
+        self.settings, self.scale, self.seed, self.say = settings, scale, seed, say
+        self.state = settings.stack.state_dir
+        self.report = DemoReport()
+
+    def step(self, name: str, *commands: list[str]) -> None:
+        """Run commands side by side; fail with the command's output if one fails."""
+        self.say(f"[bold]{name}[/bold]")
+        began = time.monotonic()
+        procs = [
+            subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands
+        ]
+        for command, proc in zip(commands, procs, strict=True):
+            output, _ = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[2:])} failed:\n{output[-3000:]}")
+        self.report.seconds[name] = time.monotonic() - began
+        self.say(f"  done in {self.report.seconds[name]:.1f}s")
+
+    def run(self) -> DemoReport:
+        self.say("[bold]starting the local stack[/bold]")
+        began = time.monotonic()
+        Stack(self.settings).up(progress=lambda m: self.say(f"  {m}"))
+        self.report.seconds["stack up"] = time.monotonic() - began
+        sims = self.state / "simulators"
+        seed = str(self.seed)
+        self.step(
+            f"history: {self.scale.history_rows:,} order lines → Parquet → GCS bucket",
+            omnistream("simulate", "history", "--seed", seed, "--rows", str(self.scale.history_rows)),
+        )
+        self.step("connectors: Debezium PostgreSQL → Kafka", omnistream("connect", "apply"))
+        api = subprocess.Popen(
+            omnistream("simulate", "api", "--seed", seed, "--drift", "--drift-every", "5"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            live = str(self.scale.live_seconds)
+            self.step(
+                f"live sources for {self.scale.live_seconds:.0f}s: online orders, store emails, master data",
+                omnistream(
+                    "simulate",
+                    "orders",
+                    "--seed",
+                    seed,
+                    "--rate",
+                    str(self.scale.order_rate),
+                    "--duration",
+                    live,
+                    "--out",
+                    str(sims / "orders"),
+                ),
+                omnistream(
+                    "simulate",
+                    "emails",
+                    "--seed",
+                    seed,
+                    "--rate",
+                    str(self.scale.email_rate),
+                    "--duration",
+                    live,
+                    "--out",
+                    str(sims / "emails"),
+                ),
+                omnistream("produce", "masterdata", "--once"),
+            )
+            self.step(
+                "producers: emails and a final master-data snapshot",
+                omnistream("produce", "emails", "--once"),
+                omnistream("produce", "masterdata", "--once"),
+            )
+        finally:
+            api.terminate()
+            api.wait(timeout=30)
+        self.wait_for_cdc()
+        self.step("landing sink: Kafka → Parquet, until caught up", omnistream("sink", "--drain"))
+        self.say("[bold]dbt build[/bold]")
+        began = time.monotonic()
+        run_dbt(["build"], DbtRun(), self.settings)
+        self.report.seconds["dbt build"] = time.monotonic() - began
+        self.collect(sims)
+        return self.report
+
+    def wait_for_cdc(self, timeout_s: float = 120) -> None:
+        """Until Debezium has confirmed every change committed so far (its slot reached the WAL end)."""
+        self.say("[bold]waiting for Debezium to catch up[/bold]")
+        deadline = time.monotonic() + timeout_s
+        with psycopg.connect(self.settings.postgres.dsn(), autocommit=True) as conn:
+            target = conn.execute("select pg_current_wal_lsn()").fetchone()
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "select bool_and(confirmed_flush_lsn >= %s) from pg_replication_slots "
+                    "where database = %s and slot_type = 'logical'",
+                    [target[0] if target else None, self.settings.postgres.database],
+                ).fetchone()
+                if row and row[0]:
+                    return
+                time.sleep(0.5)
+        raise RuntimeError(
+            f"Debezium did not catch up within {timeout_s:.0f}s; see `omnistream connect status`"
+        )
+
+    def collect(self, sims: Path) -> None:
+        con = duckdb.connect(str(default_duckdb_path(self.settings)), read_only=True)
+        try:
+            marts = con.execute(
+                "select table_schema, table_name from information_schema.tables "
+                "where table_schema like '%marts' order by table_name"
+            ).fetchall()
+            for schema, table in marts:
+                counted = con.execute(f'select count(*) from "{schema}"."{table}"').fetchone()
+                self.report.mart_rows[table] = counted[0] if counted else 0
+            daily_sales = next(
+                f'"{schema}"."{table}"' for schema, table in marts if table == "fct_daily_sales"
+            )
+            daily = con.execute(
+                "select channel, store_id, cast(order_date as varchar), order_count, gross_amount "
+                f"from {daily_sales}"
+            ).fetchall()
+            by_channel = (
+                f"select channel, sum(gross_amount) from {daily_sales} group by channel order by channel"
+            )
+            for channel, gross in con.execute(by_channel).fetchall():
+                self.report.revenue[channel] = Decimal(gross)
+        finally:
+            con.close()
+        landing = self.state / "landing"
+        files = duckdb.connect()
+        for topic_dir in sorted(p for p in landing.iterdir() if p.is_dir()) if landing.exists() else []:
+            rows = files.execute(f"select count(*) from read_parquet('{topic_dir}/**/*.parquet')").fetchone()
+            self.report.landed_rows[topic_dir.name] = rows[0] if rows else 0
+        self.latency(files, landing)
+        manifests = [sims / name / "manifest.json" for name in ("history", "orders", "emails")]
+        self.reconcile(daily, manifests)
+
+    def latency(self, files: duckdb.DuckDBPyConnection, landing: Path) -> None:
+        """Postgres commit → Kafka append, from the landed CDC records' own timestamps."""
+        orders = landing / "onlinedb.shop.orders"
+        if not orders.exists():
+            return
+        row = files.execute(
+            "select quantile_cont(ms, 0.5), quantile_cont(ms, 0.95) from ("
+            " select epoch_ms(record_metadata.timestamp) - __source_ts_ms as ms"
+            f" from read_parquet('{orders}/**/*.parquet', union_by_name=true)"
+            " where __source_ts_ms is not null)"
+        ).fetchone()
+        if row and row[0] is not None:
+            self.report.latency_ms = {"p50": float(row[0]), "p95": float(row[1])}
+
+    def reconcile(self, daily: list[tuple[Any, ...]], manifests: list[Path]) -> None:
+        expected: dict[tuple[str, str | None, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+        for path in manifests:
+            for key, totals in read_totals(path).items():
+                expected[key][0] += totals["orders"]
+                expected[key][1] += totals["gross"]
+        actual = {(c, s, d): [n, Decimal(g)] for c, s, d, n, g in daily}
+        for key in sorted(set(expected) | set(actual), key=lambda k: (k[0], k[1] or "", k[2])):
+            want, got = expected.get(key), actual.get(key)
+            if want != got:
+                self.report.mismatches.append(f"{key}: manifest {want}, marts {got}")
+        self.report.reconciled_keys = len(expected)
+
+
+def report_lines(report: DemoReport) -> list[str]:
+    lines = ["", "rows landed per topic:"]
+    lines += [f"  {topic:<40} {n:>10,}" for topic, n in report.landed_rows.items()]
+    lines += ["rows per mart:"] + [f"  {mart:<40} {n:>10,}" for mart, n in report.mart_rows.items()]
+    lines += ["revenue (gross) per channel:"] + [f"  {c:<40} {v:>14,.2f}" for c, v in report.revenue.items()]
+    if report.latency_ms:
+        lines.append(
+            f"Postgres commit → Kafka append: p50 {report.latency_ms['p50']:.0f} ms, "
+            f"p95 {report.latency_ms['p95']:.0f} ms"
+        )
+    lines.append("step times: " + ", ".join(f"{k} {v:.0f}s" for k, v in report.seconds.items()))
+    if report.mismatches:
+        lines.append(f"reconciliation FAILED on {len(report.mismatches)} of {report.reconciled_keys} keys:")
+        lines += [f"  {m}" for m in report.mismatches[:20]]
+    else:
+        lines.append(
+            f"reconciliation: marts equal the ground-truth manifests on all {report.reconciled_keys} "
+            "(channel, store, day) keys, to the cent"
+        )
+    return lines
+
+
+def write_report(report: DemoReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "seconds": report.seconds,
+        "landed_rows": report.landed_rows,
+        "mart_rows": report.mart_rows,
+        "revenue": {k: str(v) for k, v in report.revenue.items()},
+        "latency_ms": report.latency_ms,
+        "reconciled_keys": report.reconciled_keys,
+        "mismatches": report.mismatches,
+    }
+    path.write_text(json.dumps(data, indent=2))
