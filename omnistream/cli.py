@@ -37,5 +37,5 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEB
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Client libraries log every request at INFO; that drowns the pipeline's own messages.
-    for noisy in ("httpx", "httpcore", "urllib3", "google"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "google"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -50,7 +50,10 @@ def admin(settings: Settings) -> AdminClient:
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
     """Create the topics that do not exist yet; existing ones are left as they are."""
-    futures = admin(settings).create_topics(
+    # Keep the client referenced until every future resolves: a collected AdminClient destroys its
+    # handle and fails the pending futures with _DESTROY.
+    client = admin(settings)
+    futures = client.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in specs],
         operation_timeout=30,
     )
@@ -64,7 +67,8 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> None:
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": settings.registry.url})
+    # A timeout, so an unresponsive registry fails a call instead of hanging it.
+    return SchemaRegistryClient({"url": settings.registry.url, "timeout": 15})
 
 
 @lru_cache(maxsize=32)

@@ -191,9 +191,11 @@ def produce_emails(
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        # Finish the batch in flight (its transaction commits with its checkpoint), then stop.
-        if not stop.is_set():
-            err_console.print("stopping after the current batch")
+        # Finish the batch in flight (its transaction commits with its checkpoint), then stop. A second
+        # Ctrl-C stops at once: the open transaction is aborted by the next start, so nothing is lost.
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        err_console.print("stopping after the current batch (Ctrl-C again to stop now)")
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -217,6 +219,9 @@ def produce_emails(
     ) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the next start aborts the batch left open and reads it again")
+        raise typer.Exit(130) from None
     rate = (progress.produced + progress.dead_lettered) / progress.seconds if progress.seconds else 0.0
     typer.echo(
         f"done: {progress.produced} produced, {progress.dead_lettered} dead-lettered in {progress.batches} "

@@ -45,6 +45,8 @@ from producers.emails.serde import EmailSerde, registry_client
 log = logging.getLogger(__name__)
 
 ORDER = "order"
+# Kafka's default message.max.bytes is 1 MiB; a dead letter keeps at most this much of the raw email.
+DEAD_LETTER_PAYLOAD_LIMIT = 512 * 1024
 DEAD_LETTER = "dead_letter"
 CHECKPOINT = "checkpoint"
 
@@ -389,20 +391,28 @@ class EmailProducer:
         if message_id is None:
             message_id = message_id_of(read_message(fetched.raw))
         log.warning("UID %d (%s) dead-lettered: %s", fetched.uid, message_id, reason)
+        attributes = {
+            "mailbox": self.mailbox,
+            "uidvalidity": str(uidvalidity),
+            "imap_uid": str(fetched.uid),
+            "received_at": fetched.received_at.isoformat(),
+            "payload_size": str(len(fetched.raw)),
+        }
+        payload = fetched.raw
+        if len(payload) > DEAD_LETTER_PAYLOAD_LIMIT:
+            # A record over the broker's size limit would fail the batch on every retry; the whole email
+            # stays in the mailbox under its UID.
+            payload = payload[:DEAD_LETTER_PAYLOAD_LIMIT]
+            attributes["payload_truncated"] = "true"
         letter = DeadLetter.from_error(
             error,
             topic=self.topics.orders,
             source=self.mailbox,
-            payload=fetched.raw,
+            payload=payload,
             reason=reason,
             key=order_number.encode() if order_number else None,
             source_id=message_id,
-            attributes={
-                "mailbox": self.mailbox,
-                "uidvalidity": str(uidvalidity),
-                "imap_uid": str(fetched.uid),
-                "received_at": fetched.received_at.isoformat(),
-            },
+            attributes=attributes,
         )
         # Keyed by Message-ID: the one id every email has (a synthetic one for the rare email without).
         key = message_id or f"{self.mailbox}#{uidvalidity}:{fetched.uid}"

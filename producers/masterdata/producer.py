@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.schema_registry import (
     Schema,
     SchemaRegistryClient,
@@ -33,7 +32,7 @@ from confluent_kafka.schema_registry import (
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from omnistream.kafka import TopicSpec, admin, load_schema, producer_config
+from omnistream.kafka import TopicSpec, ensure_topics, load_schema, producer_config
 from omnistream.settings import Settings
 from omnistream.topics import dlq
 from producers.emails.dead_letter import DeadLetter, dead_letter_to_dict
@@ -110,26 +109,6 @@ class SnapshotReport:
 ProgressCallback = Callable[[EntityReport], None]
 
 
-def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> None:
-    """Create the topics that do not exist yet, like ``omnistream.kafka.ensure_topics``.
-
-    That one lets its AdminClient be collected as soon as ``create_topics`` returns, which destroys the
-    handle and fails every future with ``_DESTROY``; this one keeps the client until the futures resolve.
-    """
-    client = admin(settings)
-    futures = client.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in specs],
-        operation_timeout=30,
-    )
-    for name, future in futures.items():
-        try:
-            future.result(timeout=60)
-            log.info("created topic %s", name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-
-
 def new_snapshot_id(at: datetime) -> str:
     """Sortable by time, unique across producers: ``20240501T120000Z-1a2b3c4d``."""
     return f"{at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -178,7 +157,7 @@ class MasterDataProducer:
             return
         topics = {s.name: self.options.topics[s.name] for s in todo}
         parts = self.options.partitions
-        _ensure_topics(
+        ensure_topics(
             self.settings,
             [TopicSpec.compacted(t, parts) for t in topics.values()]
             + [TopicSpec(dlq(t), parts) for t in topics.values()],

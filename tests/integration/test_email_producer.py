@@ -505,6 +505,35 @@ def test_a_new_uidvalidity_voids_the_checkpoint_and_rereads_the_folder(
     assert (latest["uidvalidity"], latest["last_uid"], latest["sequence"]) == (second_validity, 2, 2)
 
 
+def test_an_oversized_email_is_dead_lettered_truncated_without_holding_back_the_others(
+    stack_settings: Settings, mailbox: MailSettings, topics: EmailTopics, unique: str
+) -> None:
+    send_emails(mailbox, EmailsConfig(seed=37, rate=0, count=2, anomaly_share=0.0))
+    wait_for_mail(mailbox, 2)
+    # Bigger than a Kafka record may be: a scanned receipt someone forwarded to the stores' mailbox.
+    oversized = (
+        b"Subject: receipt scan\r\nMessage-ID: <scan@example.com>\r\n\r\n" + b"x" * 1_500_000 + b"\r\n"
+    )
+    with IMAPClient(mailbox.host, mailbox.imap_port, ssl=False, timeout=30) as imap:
+        imap.login(mailbox.mailbox_user, mailbox.mailbox_password.get_secret_value())
+        imap.append("INBOX", oversized)
+    send_emails(mailbox, EmailsConfig(seed=37, rate=0, count=1, anomaly_share=0.0, start_number=100))
+    wait_for_mail(mailbox, 4)
+
+    with new_producer(stack_settings, mailbox, topics, f"test-{unique}") as producer:
+        progress = producer.drain()
+    assert (progress.produced, progress.dead_lettered, progress.last_uid) == (3, 1, 4)
+    records = read_topics(stack_settings, [topics.dead_letters])
+    [letter] = [r["value"] for r in records[topics.dead_letters]]
+    assert letter["source_id"] == "<scan@example.com>"
+    assert letter["reason"].startswith("missing field(s) in the text/plain part: Store, Order number")
+    assert len(letter["payload"]) == 512 * 1024
+    assert oversized.startswith(letter["payload"])
+    assert letter["attributes"]["payload_truncated"] == "true"
+    assert int(letter["attributes"]["payload_size"]) >= len(oversized)
+    assert letter["attributes"]["imap_uid"] == "3"
+
+
 # -- one producer per mailbox -----------------------------------------------------------------------------
 
 
