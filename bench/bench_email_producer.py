@@ -1,6 +1,6 @@
 """Benchmark the email producer: emails parsed and produced per second, draining a pre-loaded mailbox.
 
-    .venv/bin/python bench/bench_email_producer.py --count 2000 --batch-size 100
+    .venv/bin/python bench/bench_email_producer.py --count 2000 --batch-size 500
 
 Pre-loads COUNT emails with the store-email simulator (unthrottled SMTP) into a mailbox of its own, then
 times one drain exactly as `omnistream produce emails --once` runs it (IMAP fetch, parse, Avro, one Kafka
@@ -21,12 +21,12 @@ from confluent_kafka.admin import AdminClient
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
+from omnistream.kafka import registry_client
 from omnistream.settings import MailSettings, get_settings
 from omnistream.stack.manager import Stack
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, parse_email
 from producers.emails.producer import EmailProducer, EmailTopics, ProducerOptions
-from producers.emails.serde import registry_client
 from simulators.email_sender import EmailsConfig, send_emails
 
 
@@ -51,7 +51,7 @@ def wait_for_mail(mail: MailSettings, count: int, deadline_s: float = 300.0) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="Emails to pre-load and drain.")
-    parser.add_argument("--batch-size", type=int, default=100, help="Emails per Kafka transaction.")
+    parser.add_argument("--batch-size", type=int, default=500, help="Emails per Kafka transaction.")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--anomaly-share", type=float, default=0.05)
     args = parser.parse_args()

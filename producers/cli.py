@@ -111,7 +111,7 @@ def produce_emails(
         help="--once: produce what the mailbox holds and exit (the default); --follow: keep running and "
         "produce new mail as it arrives (IMAP IDLE, or polling).",
     ),
-    batch_size: int = typer.Option(100, "--batch-size", min=1, help="Emails per Kafka transaction."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1, help="Emails per Kafka transaction."),
     folder: str = typer.Option("INBOX", "--folder", help="Mailbox folder to read."),
     mailbox_user: str | None = typer.Option(
         None, "--mailbox-user", help="IMAP login (default: settings.mail.mailbox_user)."

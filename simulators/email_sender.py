@@ -110,7 +110,9 @@ class SmtpSender:
             log.debug("connecting to SMTP %s:%s", self._mail.host, self._mail.smtp_port)
             self._smtp = smtplib.SMTP(self._mail.host, self._mail.smtp_port, timeout=self._timeout)
         try:
-            self._smtp.sendmail(sender, [recipient], msg.as_bytes())
+            # CRLF line endings: smtplib dot-stuffs lines that start with "." and the server undoes that
+            # only after CRLF, so bare LF would leave a doubled dot in a wrapped quoted-printable body.
+            self._smtp.sendmail(sender, [recipient], msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
         except TRANSIENT_SMTP_ERRORS:
             log.warning("SMTP session dropped; reconnecting")
             self._smtp.close()

@@ -29,10 +29,9 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import NewTopic
 from confluent_kafka.serialization import SerializationError
 
-from omnistream.kafka import TopicSpec, admin, producer_config
+from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS, dlq
 from producers.emails.checkpoint import Checkpoint, read_checkpoint
@@ -40,7 +39,7 @@ from producers.emails.dead_letter import DeadLetter
 from producers.emails.imap import FetchedEmail, MailboxReader, UidValidityChanged
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, message_id_of, parse_email, read_message
-from producers.emails.serde import EmailSerde, registry_client
+from producers.emails.serde import EmailSerde
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class EmailTopics:
 @dataclass(frozen=True)
 class ProducerOptions:
     folder: str = "INBOX"
-    batch_size: int = 100
+    batch_size: int = 500  # per transaction; fewer, larger IMAP fetches and commits are much faster
     transactional_id: str | None = None  # default: derived from the mailbox folder
     max_rate: float = 0.0  # emails per second at most, 0: unlimited
     use_idle: bool = True  # --follow: IMAP IDLE when the server has it, else polling
@@ -149,26 +148,6 @@ def default_transactional_id(mailbox: str) -> str:
     return f"omnistream.emails:{mailbox}"
 
 
-def _ensure_topics(settings: Settings, specs: list[TopicSpec]) -> None:
-    """Create the topics that do not exist yet (as ``omnistream.kafka.ensure_topics`` means to).
-
-    Kept here while the shared one lets its AdminClient be collected before the futures resolve, which
-    fails them with ``_DESTROY``: this one holds the client until every future is done.
-    """
-    client = admin(settings)
-    futures = client.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in specs],
-        operation_timeout=30,
-    )
-    for name, future in futures.items():
-        try:
-            future.result(timeout=60)
-            log.info("created topic %s", name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-
-
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -214,7 +193,7 @@ class EmailProducer:
     def start(self) -> None:
         """Topics and schemas in place, earlier instances fenced, the committed cursor read back."""
         self._started = time.monotonic()
-        _ensure_topics(self.settings, self.topics.specs())
+        ensure_topics(self.settings, self.topics.specs())
         self._serde = EmailSerde.registered(
             registry_client(self.settings),
             self.topics.orders,
@@ -298,8 +277,12 @@ class EmailProducer:
         """Drain, then wait for new mail (IDLE or polling) and drain again, until ``stop`` is set."""
         while not stop.is_set():
             self.drain(stop)
-            if not stop.is_set():
+            if stop.is_set():
+                break
+            try:
                 self.reader.wait_for_mail(wait_s, stop, self.options.poll_interval_s)
+            except UidValidityChanged as exc:
+                log.debug("UIDVALIDITY changed while waiting (%s); the next drain starts over", exc)
         return self.progress
 
     def _require_cursor(self) -> _Cursor:

@@ -20,7 +20,6 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from omnistream.kafka import load_schema
-from omnistream.settings import Settings
 from producers.emails.checkpoint import Checkpoint, checkpoint_to_dict
 from producers.emails.dead_letter import DeadLetter, dead_letter_to_dict
 from producers.emails.model import StoreOrder, store_order_to_dict
@@ -33,8 +32,8 @@ CHECKPOINT_SCHEMA = "email_checkpoint"
 DEAD_LETTER_SCHEMA = "dead_letter"
 
 
-# Without a timeout the registry client waits forever for an answer that may never come.
-REGISTRY_TIMEOUT_S = 30
+# omnistream.kafka.registry_client's requests time out; a registry that keeps timing out (or answering
+# 5xx) for this long is down.
 REGISTRY_RETRY_FOR_S = 120
 
 
@@ -77,11 +76,6 @@ def _with_registry(what: str, call: Callable[[], T]) -> T:
                 "OMNISTREAM_REGISTRY__HOST / OMNISTREAM_REGISTRY__PORT"
             ) from exc
         raise
-
-
-def registry_client(settings: Settings) -> SchemaRegistryClient:
-    """A registry client whose requests time out (transient: retried) instead of hanging."""
-    return SchemaRegistryClient({"url": settings.registry.url, "timeout": REGISTRY_TIMEOUT_S})
 
 
 def register(registry: SchemaRegistryClient, subject: str, schema_name: str) -> int:

@@ -33,11 +33,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
+from omnistream.kafka import registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
 from producers.emails.producer import EmailProducer, EmailTopics, FatalProducerError, ProducerOptions
-from producers.emails.serde import registry_client
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
 from simulators.manifest import read_totals
 
