@@ -71,9 +71,6 @@ def produce_masterdata(
         raise typer.BadParameter(str(exc), param_hint="--entities") from exc
 
     settings = get_settings()
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # The registry client logs every HTTP request at INFO under this name (httpx's successor).
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
     stop = threading.Event()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -160,9 +157,6 @@ def produce_emails(
     from producers.emails.serde import RegistryUnavailable, SchemaRejected
 
     settings = get_settings()
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # The registry client logs every HTTP request at INFO under this name.
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
     mail = settings.mail
     if mailbox_user is not None:
         mail = mail.model_copy(update={"mailbox_user": mailbox_user})

@@ -29,3 +29,28 @@
 {% macro snowflake__post_snapshot(staging_relation) %}
     {% do drop_relation_if_exists(staging_relation) %}
 {% endmacro %}
+
+{#- dbt-snowflake's snapshot MERGE with the inserted values qualified by the source alias (dbt leaves them bare,
+    which Snowflake resolves to the source but a stricter binder, fakesnow's, finds ambiguous). Same statement
+    otherwise, in the same explicit transaction. -#}
+{% macro snowflake__snapshot_merge_sql(target, source, insert_cols) %}
+    {%- set columns = config.get("snapshot_table_column_names") or get_snapshot_table_column_names() -%}
+    {%- set source_values = [] -%}
+    {%- for column in insert_cols -%}
+        {%- do source_values.append('DBT_INTERNAL_SOURCE.' ~ column) -%}
+    {%- endfor -%}
+    {% set dml %}
+    merge into {{ target.render() }} as DBT_INTERNAL_DEST
+    using {{ source }} as DBT_INTERNAL_SOURCE
+    on DBT_INTERNAL_SOURCE.{{ columns.dbt_scd_id }} = DBT_INTERNAL_DEST.{{ columns.dbt_scd_id }}
+    when matched
+        and DBT_INTERNAL_DEST.{{ columns.dbt_valid_to }} is null
+        and DBT_INTERNAL_SOURCE.dbt_change_type in ('update', 'delete')
+        then update set {{ columns.dbt_valid_to }} = DBT_INTERNAL_SOURCE.{{ columns.dbt_valid_to }}
+    when not matched
+        and DBT_INTERNAL_SOURCE.dbt_change_type = 'insert'
+        then insert ({{ insert_cols | join(', ') }})
+        values ({{ source_values | join(', ') }})
+    {% endset %}
+    {% do return(snowflake_dml_explicit_transaction(dml)) %}
+{% endmacro %}

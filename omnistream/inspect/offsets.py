@@ -13,6 +13,8 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 30.0
+# A guard on top of the request timeout: a future whose client is gone would otherwise wait forever.
+RESULT_TIMEOUT_S = TIMEOUT_S + 15
 NO_OFFSET = -1001  # librdkafka's "no committed offset"
 
 
@@ -80,7 +82,7 @@ def _list_offsets(
     admin: AdminClient, keys: Iterable[tuple[str, int]], spec: OffsetSpec
 ) -> dict[tuple[str, int], int]:
     futures = admin.list_offsets({TopicPartition(t, p): spec for t, p in keys}, request_timeout=TIMEOUT_S)
-    return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+    return {(tp.topic, tp.partition): f.result(RESULT_TIMEOUT_S).offset for tp, f in futures.items()}
 
 
 def committed_offsets(
@@ -90,7 +92,7 @@ def committed_offsets(
     tps = None if partitions is None else [TopicPartition(t, p) for t, p in partitions]
     request = ConsumerGroupTopicPartitions(group, tps)
     future = admin.list_consumer_group_offsets([request], request_timeout=TIMEOUT_S)[group]
-    result = future.result()
+    result = future.result(RESULT_TIMEOUT_S)
     return {
         (tp.topic, tp.partition): tp.offset
         for tp in result.topic_partitions or []
@@ -99,12 +101,17 @@ def committed_offsets(
 
 
 def group_ids(admin: AdminClient) -> list[str]:
-    return sorted(g.group_id for g in admin.list_consumer_groups(request_timeout=TIMEOUT_S).result().valid)
+    return sorted(
+        g.group_id
+        for g in admin.list_consumer_groups(request_timeout=TIMEOUT_S).result(RESULT_TIMEOUT_S).valid
+    )
 
 
 def group_members(admin: AdminClient, group: str) -> tuple[str, list[str]]:
     """The group's state (e.g. ``STABLE``, ``EMPTY``, ``DEAD`` if unknown) and its members as client@host."""
-    description = admin.describe_consumer_groups([group], request_timeout=TIMEOUT_S)[group].result()
+    description = admin.describe_consumer_groups([group], request_timeout=TIMEOUT_S)[group].result(
+        RESULT_TIMEOUT_S
+    )
     state = getattr(description.state, "name", str(description.state))
     return state, [f"{m.client_id}@{m.host}" for m in description.members]
 

@@ -85,7 +85,7 @@ def replay_command(
         typer.echo(
             f"{report.dlq_topic}: resent {report.resent} dead letter(s)"
             + "".join(f", {n} to {t}" for t, n in sorted(report.resent_to.items()))
-            + f"; skipped {report.duplicates} duplicate(s) and {report.without_origin} without origin"
+            + f"; skipped {report.duplicates} duplicate(s), {report.not_resendable} not from a Kafka record"
         )
         return
     names = [t for arg in topics or [] for t in arg.split(",") if t]

@@ -1,15 +1,17 @@
 """Send dead letters back to the topic they came from, once the cause is fixed.
 
-Each dead letter goes back unchanged (key, value bytes and its own headers, without the ``omnistream.dlq.*``
-ones) to its origin topic and partition. The resends and the replayer's own consumer-group offsets on the
-DLQ commit in one Kafka transaction, so a dead letter is resent once, even across crashes, and the next
-run starts after the last one handled.
+A dead letter (schemas/dead_letter.avsc) of a Kafka record holds its value bytes (``payload``), key and
+origin (``source`` ``kafka://<topic>``, partition and offset in ``attributes``), and the dead-letter record
+carries the original headers. It goes back unchanged: value, key and headers, to its origin topic and
+partition. The resends and the replayer's own consumer-group offsets on the DLQ commit in one Kafka
+transaction, so a dead letter is resent once, even across crashes, and the next run starts after the last
+one handled.
 
 The sink dead-letters a record at least once (a crash between the dead letter and its file sends it
 again, and a landing replay sends it again), so several dead letters can share an origin. They are
 resent once: the origins of everything before the group's committed offsets count as handled, and so does
-each origin resent earlier in the same run. Records in the DLQ without origin headers (written by
-something other than the sink) are skipped and reported.
+each origin resent earlier in the same run. Dead letters of inputs that were never Kafka records (an email
+a producer could not parse) cannot be resent by this and are counted as skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -29,10 +32,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from omnistream.kafka import client_config, producer_config
+from omnistream.kafka import client_config, producer_config, registry_client
 from omnistream.settings import Settings
-from omnistream.sink.batch import headers_of
-from omnistream.sink.dlq import origin_of, original_headers
+from omnistream.sink.avro import SchemaCache, UndecodableRecord
+from omnistream.sink.dlq import origin_of
 from omnistream.topics import dlq
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class DeadLetterReplay:
     dlq_topic: str
     resent: int = 0
     duplicates: int = 0
-    without_origin: int = 0
+    not_resendable: int = 0
     resent_to: dict[str, int] = field(default_factory=dict)
 
 
@@ -120,6 +123,7 @@ def _resend(
         if err is not None:
             failures.append(err)
 
+    cache = SchemaCache(registry_client(settings))
     producer.init_transactions(30)
     producer.begin_transaction()
     try:
@@ -127,16 +131,21 @@ def _resend(
         # From the beginning: the dead letters before the committed offsets tell which origins are done.
         consumer.assign([TopicPartition(source, p, OFFSET_BEGINNING) for p in partitions if ends[p] > 0])
         for msg in _read_until(consumer, source, ends):
-            headers = headers_of(msg)
-            origin = origin_of(headers)
+            letter = _dead_letter(msg, cache)
+            origin = origin_of(letter) if letter is not None else None
             offset: int = msg.offset()  # type: ignore[assignment]
             if offset < max(committed.get(msg.partition(), 0), 0):  # type: ignore[arg-type]
                 if origin is not None:
                     handled.add(origin)
                 continue
-            if origin is None:
-                report.without_origin += 1
-                log.warning("%s[%s]@%d has no origin headers; skipped", source, msg.partition(), offset)
+            if letter is None or origin is None:
+                report.not_resendable += 1
+                log.warning(
+                    "%s[%s]@%d is not a dead letter of a Kafka record; skipped",
+                    source,
+                    msg.partition(),
+                    offset,
+                )
                 continue
             if origin in handled:
                 report.duplicates += 1
@@ -147,10 +156,10 @@ def _resend(
                 try:
                     producer.produce(
                         target,
-                        value=msg.value(),
-                        key=msg.key(),
+                        value=letter["payload"],
+                        key=letter["key"],
                         partition=partition,
-                        headers=original_headers(headers),  # type: ignore[arg-type]
+                        headers=msg.headers(),  # the record's own, kept on its dead letter
                         on_delivery=delivered,
                     )
                     break
@@ -168,6 +177,18 @@ def _resend(
     if failures:  # commit_transaction raises first if any delivery failed; kept as a guard
         raise KafkaException(failures[0])
     log.info("%s: resent %d, skipped %d duplicate(s)", source, report.resent, report.duplicates)
+
+
+def _dead_letter(msg: Message, cache: SchemaCache) -> dict[str, Any] | None:
+    """The DeadLetter record in ``msg``, or None if it holds something else."""
+    data = msg.value()
+    if data is None:
+        return None
+    try:
+        _, letter = cache.decode(data)
+    except UndecodableRecord:
+        return None
+    return letter if isinstance(letter, dict) and {"payload", "key", "source"} <= letter.keys() else None
 
 
 def _read_until(consumer: Consumer, topic: str, ends: dict[int, int]) -> Iterator[Message]:

@@ -26,7 +26,13 @@ from datetime import datetime
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from omnistream.inspect.offsets import TIMEOUT_S, PartitionOffsets, group_members, partition_offsets
+from omnistream.inspect.offsets import (
+    RESULT_TIMEOUT_S,
+    TIMEOUT_S,
+    PartitionOffsets,
+    group_members,
+    partition_offsets,
+)
 from omnistream.kafka import admin
 from omnistream.settings import Settings
 from omnistream.sink.layout import LandedFile, resume_offset
@@ -109,7 +115,7 @@ def _requested_offsets(
     ends = {(p.topic, p.partition): p.end for p in offsets}
     requested = {}
     for tp, future in futures.items():
-        offset = future.result().offset
+        offset = future.result(RESULT_TIMEOUT_S).offset
         # No record at or after that time: nothing to replay, which the end offset expresses.
         requested[(tp.topic, tp.partition)] = offset if offset >= 0 else ends[(tp.topic, tp.partition)]
     return requested
@@ -166,7 +172,9 @@ def _reset_group(client: AdminClient, group: str, plans: list[PartitionReplay]) 
     request = ConsumerGroupTopicPartitions(
         group, [TopicPartition(p.topic, p.partition, p.effective) for p in plans]
     )
-    result = client.alter_consumer_group_offsets([request], request_timeout=TIMEOUT_S)[group].result()
+    result = client.alter_consumer_group_offsets([request], request_timeout=TIMEOUT_S)[group].result(
+        RESULT_TIMEOUT_S
+    )
     failed = [tp for tp in result.topic_partitions or [] if tp.error is not None]
     if failed:
         raise GroupActiveError(

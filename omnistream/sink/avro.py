@@ -60,7 +60,8 @@ def schema_id_of(data: bytes) -> int:
     return int.from_bytes(data[1:HEADER_SIZE], "big")
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
+    """A registry failure worth retrying: unreachable, timing out, throttling or failing (5xx)."""
     if isinstance(exc, SchemaRegistryError):
         return exc.http_status_code in (-1, 408, 429) or exc.http_status_code >= 500
     return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
@@ -157,7 +158,7 @@ class SchemaCache:
         return WriterSchema(schema_id, registered.schema_str or "")
 
     @retry(
-        retry=retry_if_exception(_transient),
+        retry=retry_if_exception(is_transient),
         wait=wait_exponential(multiplier=0.2, max=5),
         stop=stop_after_delay(60),
         reraise=True,

@@ -8,7 +8,7 @@ the columns, null where a record's schema did not have one.
 
 A tombstone (null value) is kept as a row whose value columns are all null. A record that cannot be
 decoded, or whose values do not fit the schema's columns, is left out of the table and returned as a
-:class:`DeadLetter`; the file's offset range still covers it (see :mod:`omnistream.sink`).
+:class:`RejectedRecord`; the file's offset range still covers it (see :mod:`omnistream.sink`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MAGIC_BYTE = bytes([MAGIC])
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class RejectedRecord:
     """A record the sink could not land, with everything needed to send it back later."""
 
     topic: str
@@ -58,7 +58,7 @@ class Batch:
     """What a flush lands: the table (offset order) and the records to dead-letter."""
 
     table: pa.Table
-    dead: list[DeadLetter]
+    rejected: list[RejectedRecord]
 
 
 def render_key(key: bytes | None, cache: SchemaCache) -> str | None:
@@ -84,9 +84,9 @@ def headers_of(msg: Message) -> list[tuple[str, bytes | None]]:
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
 
 
-def _dead(msg: Message, reason: str) -> DeadLetter:
+def _reject(msg: Message, reason: str) -> RejectedRecord:
     ts_type, ts = msg.timestamp()
-    return DeadLetter(
+    return RejectedRecord(
         topic=msg.topic() or "",
         partition=msg.partition() or 0,
         offset=msg.offset() or 0,
@@ -103,7 +103,7 @@ def build_batch(topic: str, partition: int, msgs: Sequence[Message], cache: Sche
     kept: list[Message] = []
     rows: list[Any] = []
     schemas: list[WriterSchema | None] = []
-    dead: list[DeadLetter] = []
+    rejected: list[RejectedRecord] = []
     landable = cache.landable
     # The hot loop: one dict lookup and one fastavro call per record; the checks of WriterSchema.read
     # are inlined here because a function call per record is a measurable share of the time.
@@ -119,18 +119,20 @@ def build_batch(topic: str, partition: int, msgs: Sequence[Message], cache: Sche
             try:
                 schema = cache.landing_schema(value)
             except UndecodableRecord as exc:
-                dead.append(_dead(msg, str(exc)))
+                rejected.append(_reject(msg, str(exc)))
                 continue
         stream = BytesIO(value[HEADER_SIZE:])
         try:
             row = schemaless_reader(stream, schema.parsed_landing, None)
         except Exception as exc:  # fastavro raises whatever the garbage trips first
             why = f"{CORRUPT_AVRO}: schema id {schema.schema_id}: {type(exc).__name__}: {exc}"
-            dead.append(_dead(msg, why))
+            rejected.append(_reject(msg, why))
             continue
         if stream.tell() != len(value) - HEADER_SIZE:
             left = len(value) - HEADER_SIZE - stream.tell()
-            dead.append(_dead(msg, f"{CORRUPT_AVRO}: schema id {schema.schema_id}: {left} trailing byte(s)"))
+            rejected.append(
+                _reject(msg, f"{CORRUPT_AVRO}: schema id {schema.schema_id}: {left} trailing byte(s)")
+            )
             continue
         kept.append(msg)
         rows.append(row)
@@ -138,14 +140,14 @@ def build_batch(topic: str, partition: int, msgs: Sequence[Message], cache: Sche
 
     tables = []
     for lo, hi, run_schema in _runs(schemas):
-        table, rejected = _run_table(topic, partition, kept[lo:hi], rows[lo:hi], run_schema, cache)
+        table, unfit = _run_table(topic, partition, kept[lo:hi], rows[lo:hi], run_schema, cache)
         tables.append(table)
-        dead.extend(rejected)
+        rejected.extend(unfit)
     if not tables:  # every record was dead-lettered: an empty file still accounts for their offsets
         tables.append(_table([], _metadata(topic, partition, [], [], cache)))
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    dead.sort(key=lambda d: d.offset)
-    return Batch(table, dead)
+    rejected.sort(key=lambda r: r.offset)
+    return Batch(table, rejected)
 
 
 def _runs(schemas: list[WriterSchema | None]) -> list[tuple[int, int, WriterSchema | None]]:
@@ -171,17 +173,17 @@ def _run_table(
     rows: list[Any],
     schema: WriterSchema | None,
     cache: SchemaCache,
-) -> tuple[pa.Table, list[DeadLetter]]:
+) -> tuple[pa.Table, list[RejectedRecord]]:
     if schema is None:  # tombstones only: no value columns to speak of
         return _table([], _metadata(topic, partition, msgs, [None] * len(msgs), cache)), []
     columns = schema.columns
-    rejected: list[DeadLetter] = []
+    rejected: list[RejectedRecord] = []
     try:
         arrays = columns.arrays(rows)
     except (pa.ArrowException, TypeError, ValueError, OverflowError):
         bad = columns.rejects(rows)
         prefix = f"{NOT_REPRESENTABLE}: schema id {schema.schema_id}"
-        rejected = [_dead(msgs[i], f"{prefix}: {why}") for i, why in bad.items()]
+        rejected = [_reject(msgs[i], f"{prefix}: {why}") for i, why in bad.items()]
         msgs = [m for i, m in enumerate(msgs) if i not in bad]
         rows = [r for i, r in enumerate(rows) if i not in bad]
         arrays = columns.arrays(rows)

@@ -281,23 +281,25 @@ class LandingSink:
         end: int = buf.msgs[-1].offset()  # type: ignore[assignment]
         file = LandedFile(buf.topic, buf.partition, buf.range_start, end)
         batch = build_batch(buf.topic, buf.partition, buf.msgs, self.cache)
-        self.dead_letters.send(batch.dead)
+        self.dead_letters.send(batch.rejected)
         note = {
             "topic": file.topic,
             "partition": file.partition,
             "start_offset": file.start,
             "end_offset": file.end,
             "rows": batch.table.num_rows,
-            "dead_lettered_offsets": [d.offset for d in batch.dead],
+            "dead_lettered_offsets": [r.offset for r in batch.rejected],
         }
         table = batch.table.replace_schema_metadata(
             {**(batch.table.schema.metadata or {}), FILE_METADATA_KEY: json.dumps(note).encode()}
         )
         self.store.commit(file, table)
         self.stats.records += batch.table.num_rows
-        self.stats.dead_letters += len(batch.dead)
+        self.stats.dead_letters += len(batch.rejected)
         self.stats.files += 1
-        log.debug("landed %s (%d rows, %d dead letters)", file.name, batch.table.num_rows, len(batch.dead))
+        log.debug(
+            "landed %s (%d rows, %d dead letters)", file.name, batch.table.num_rows, len(batch.rejected)
+        )
         buf.reset(end + 1)
         self._commit_offset(file, sync_commit)
 

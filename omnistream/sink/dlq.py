@@ -1,64 +1,77 @@
-"""Dead letters: records the sink cannot land, sent to ``<topic>.dlq`` exactly as they arrived.
+"""Dead letters: records the sink cannot land, sent to ``<topic>.dlq`` as ``schemas/dead_letter.avsc``.
 
-A dead letter keeps the original key, value bytes and headers, so ``omnistream replay --dlq`` can send it
-back unchanged once the cause is fixed; headers prefixed ``omnistream.dlq.`` are added to say why and where
-it came from (origin topic, partition, offset and timestamp). Every dead letter is acknowledged by the
-broker before the file accounting for its offset is committed, so none is lost; a crash in between sends
-it again on restart (at least once), which ``replay --dlq`` absorbs by deduplicating on the origin.
+The value is the shared ``DeadLetter`` record every producer and sink uses: the record's value bytes
+exactly as read (``payload``), its key, why it was rejected (``reason``, starting with one of the
+categories of :mod:`omnistream.sink.avro`), ``source`` ``kafka://<topic>`` and ``source_id``
+``<topic>/<partition>/<offset>`` with the partition, offset and timestamp in ``attributes``. The Kafka key
+is the ``source_id``; the Kafka headers are the record's own headers, unchanged. That is everything
+``omnistream replay --dlq`` needs to send the record back as it was once the cause is fixed.
+
+Every dead letter is acknowledged by the broker before the file accounting for its offset is committed, so
+none is lost; a crash in between sends it again on restart (at least once), which ``replay --dlq`` absorbs by
+deduplicating on the origin.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import NewTopic
+from confluent_kafka.schema_registry import topic_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from omnistream.kafka import admin, producer_config
+from omnistream.kafka import admin, load_schema, producer_config, registry_client
 from omnistream.settings import Settings
-from omnistream.sink.batch import DeadLetter
+from omnistream.sink.avro import UndecodableRecord, is_transient
+from omnistream.sink.batch import RejectedRecord
 from omnistream.topics import dlq
 
 log = logging.getLogger(__name__)
 
-PREFIX = "omnistream.dlq."
-REASON = PREFIX + "reason"
-TOPIC = PREFIX + "topic"
-PARTITION = PREFIX + "partition"
-OFFSET = PREFIX + "offset"
-TIMESTAMP = PREFIX + "timestamp"
-STAGE = PREFIX + "stage"
-STAGE_LANDING = "landing"
+DEAD_LETTER_SCHEMA = "dead_letter"
+KAFKA_SOURCE = "kafka://"
+ERROR_CLASS = f"{UndecodableRecord.__module__}.{UndecodableRecord.__qualname__}"
+STAGE = "landing"
 DLQ_PARTITIONS = 1
 
 
-def dead_letter_headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
-    """The headers that say why ``letter`` was rejected and where it came from."""
-    added = [
-        (REASON, letter.reason),
-        (STAGE, STAGE_LANDING),
-        (TOPIC, letter.topic),
-        (PARTITION, str(letter.partition)),
-        (OFFSET, str(letter.offset)),
-    ]
-    if letter.timestamp_ms is not None:
-        added.append((TIMESTAMP, str(letter.timestamp_ms)))
-    return [(k, v.encode()) for k, v in added]
+def source_id(topic: str, partition: int, offset: int) -> str:
+    return f"{topic}/{partition}/{offset}"
 
 
-def origin_of(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int, int] | None:
-    """(topic, partition, offset) a dead letter came from, or None if it carries no origin headers."""
-    found = {k: v for k, v in headers if k in (TOPIC, PARTITION, OFFSET) and v is not None}
-    if len(found) < 3:
+def dead_letter(rejected: RejectedRecord, failed_at: datetime | None = None) -> dict[str, Any]:
+    """The ``DeadLetter`` record (schemas/dead_letter.avsc) for a record the sink rejected."""
+    attributes = {"partition": str(rejected.partition), "offset": str(rejected.offset), "stage": STAGE}
+    if rejected.timestamp_ms is not None:
+        attributes["timestamp_ms"] = str(rejected.timestamp_ms)
+    return {
+        "topic": rejected.topic,
+        "key": rejected.key,
+        "reason": rejected.reason,
+        "error_class": ERROR_CLASS,
+        "payload": rejected.value,
+        "source": f"{KAFKA_SOURCE}{rejected.topic}",
+        "source_id": source_id(rejected.topic, rejected.partition, rejected.offset),
+        "attributes": attributes,
+        "failed_at": failed_at or datetime.now(UTC),
+    }
+
+
+def origin_of(letter: Mapping[str, Any]) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of the Kafka record a dead letter holds; None if not from a record."""
+    if not str(letter.get("source") or "").startswith(KAFKA_SOURCE):
         return None
-    return found[TOPIC].decode(), int(found[PARTITION]), int(found[OFFSET])
-
-
-def original_headers(headers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes | None]]:
-    """The record's own headers, without those the dead-lettering added."""
-    return [(k, v) for k, v in headers if not k.startswith(PREFIX)]
+    attributes = letter.get("attributes") or {}
+    try:
+        return str(letter["topic"]), int(attributes["partition"]), int(attributes["offset"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def create_topic(settings: Settings, topic: str, partitions: int) -> None:
@@ -88,6 +101,7 @@ class DeadLetterSender:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer: Producer | None = None
+        self._serializer: AvroSerializer | None = None
         self._ready: set[str] = set()
 
     @property
@@ -96,14 +110,31 @@ class DeadLetterSender:
             self._producer = Producer(producer_config(self.settings, **{"linger.ms": 5}))
         return self._producer
 
+    @retry(
+        retry=retry_if_exception(is_transient),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_delay(60),
+        reraise=True,
+    )
+    def _encode(self, letter: dict[str, Any], target: str) -> bytes:
+        if self._serializer is None:
+            self._serializer = AvroSerializer(
+                registry_client(self.settings),
+                load_schema(DEAD_LETTER_SCHEMA),
+                conf={"subject.name.strategy": topic_subject_name_strategy},
+            )
+        data = self._serializer(letter, SerializationContext(target, MessageField.VALUE))
+        assert data is not None
+        return data
+
     def _ensure_topic(self, topic: str) -> None:
         if topic not in self._ready:
             create_topic(self.settings, topic, DLQ_PARTITIONS)
             self._ready.add(topic)
 
-    def send(self, letters: list[DeadLetter], timeout_s: float = 60.0) -> None:
-        """Produce ``letters`` to their topics' DLQs and block until all are acknowledged."""
-        if not letters:
+    def send(self, rejected: list[RejectedRecord], timeout_s: float = 60.0) -> None:
+        """Produce a dead letter for each of ``rejected`` and block until all are acknowledged."""
+        if not rejected:
             return
         failures: list[KafkaError] = []
 
@@ -112,22 +143,17 @@ class DeadLetterSender:
                 failures.append(err)
 
         producer = self.producer
-        for letter in letters:
-            target = dlq(letter.topic)
+        for record in rejected:
+            target = dlq(record.topic)
             self._ensure_topic(target)
-            headers: list[Any] = [*letter.headers, *dead_letter_headers(letter)]
-            log.warning(
-                "dead-lettering %s[%d]@%d to %s: %s",
-                letter.topic,
-                letter.partition,
-                letter.offset,
-                target,
-                letter.reason,
-            )
+            value = self._encode(dead_letter(record), target)
+            key = source_id(record.topic, record.partition, record.offset).encode()
+            headers: list[Any] = record.headers
+            log.warning("dead-lettering %s to %s: %s", key.decode(), target, record.reason)
             while True:
                 try:
                     producer.produce(
-                        target, value=letter.value, key=letter.key, headers=headers, on_delivery=delivered
+                        target, value=value, key=key, headers=headers or None, on_delivery=delivered
                     )
                     break
                 except BufferError:  # the local queue is full: let deliveries drain, then retry

@@ -18,8 +18,8 @@ from test_sink_support import (
     ORDER_V2,
     AvroProducer,
     assert_files_tile,
+    dead_letters,
     drain,
-    header,
     landed,
     landed_files,
     metadata_offsets,
@@ -35,11 +35,9 @@ from omnistream.inspect.offsets import committed_offsets, partition_offsets
 from omnistream.kafka import admin
 from omnistream.settings import Settings
 from omnistream.sink.consumer import FILE_METADATA_KEY, LandingSink
-from omnistream.sink.dlq import OFFSET, PARTITION, REASON, TOPIC
 from omnistream.sink.lag import sink_status
 from omnistream.sink.layout import LandedFile, temp_name
 from omnistream.sink.store import GcsStore, open_store
-from omnistream.topics import dlq
 from simulators.gcs import ensure_bucket, storage_client
 
 pytestmark = pytest.mark.integration
@@ -153,19 +151,24 @@ def test_undecodable_records_go_to_the_dlq_with_a_reason_and_the_rest_keep_flowi
     assert metadata_offsets(rows) == [(0, 0), (0, 2), (0, 5)]
     assert stats.dead_letters == 3
 
-    dead = read_topic(stack_settings, dlq(topic))
-    assert len(dead) == 3
-    by_offset = {int(header(d, OFFSET)): d for d in dead}
+    letters = dead_letters(stack_settings, topic)
+    by_offset = {int(letter["attributes"]["offset"]): (record, letter) for record, letter in letters}
     assert sorted(by_offset) == [1, 3, 4]
-    reasons = {o: header(d, REASON) for o, d in by_offset.items()}
+    reasons = {o: letter["reason"] for o, (_, letter) in by_offset.items()}
     assert reasons[1].startswith("not-wire-format:")
     assert reasons[3].startswith("unknown-schema:") and str(0x7FFFFFF0) in reasons[3]
     assert reasons[4].startswith("corrupt-avro:")
     original = read_topic(stack_settings, topic)
-    for offset, letter in by_offset.items():
-        assert (letter.key, letter.value) == (original[offset].key, original[offset].value)
-        assert header(letter, TOPIC) == topic and header(letter, PARTITION) == "0"
-    assert ("source", b"test") in by_offset[1].headers
+    for offset, (record, letter) in by_offset.items():
+        assert (letter["key"], letter["payload"]) == (original[offset].key, original[offset].value)
+        assert record.headers == original[offset].headers  # the record's own headers, unchanged
+        assert record.key == f"{topic}/0/{offset}".encode()
+        assert letter["topic"] == topic and letter["source"] == f"kafka://{topic}"
+        assert letter["source_id"] == f"{topic}/0/{offset}"
+        assert letter["attributes"]["partition"] == "0" and letter["attributes"]["stage"] == "landing"
+        assert letter["error_class"] == "omnistream.sink.avro.UndecodableRecord"
+        assert letter["failed_at"].tzinfo is not None
+    assert by_offset[1][0].headers == (("source", b"test"),)
 
     # Every offset is accounted for once: a row, or a dead letter the file's range covers and names.
     (only,) = landed_files(tmp_path, topic)[0]
@@ -224,7 +227,7 @@ def test_recovery_trusts_the_files_not_the_committed_offsets(
     # Committed offsets thrown back to 0, the newest file of a partition lost, a half-written leftover:
     client = admin(stack_settings)
     reset = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p, 0) for p in (0, 1)])
-    client.alter_consumer_group_offsets([reset])[group].result()
+    client.alter_consumer_group_offsets([reset])[group].result(timeout=30)
     newest = max(f for files in landed_files(tmp_path, topic).values() for f in files)
     (tmp_path / newest.path).unlink()
     leftover = tmp_path / newest.path.replace(newest.name, temp_name(newest.name, "1-deadbeef"))

@@ -25,7 +25,7 @@ from test_sink_support import (
     AvroProducer,
     Record,
     assert_files_tile,
-    header,
+    dead_letters,
     landed,
     metadata_offsets,
     new_topic,
@@ -36,8 +36,6 @@ from test_sink_support import (
 
 from omnistream.kafka import registry_client
 from omnistream.settings import Settings
-from omnistream.sink.dlq import OFFSET, PARTITION
-from omnistream.topics import dlq
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +143,8 @@ def test_kill_9_at_random_moments_under_load_loses_and_duplicates_nothing(
     offsets = metadata_offsets(rows)
     assert len(offsets) == len(set(offsets)), "a record landed twice"
     dead_origins = {
-        (int(header(d, PARTITION)), int(header(d, OFFSET))) for d in read_topic(stack_settings, dlq(topic))
+        (int(letter["attributes"]["partition"]), int(letter["attributes"]["offset"]))
+        for _, letter in dead_letters(stack_settings, topic)
     }
     garbage = {(r.partition, r.offset) for r in records if r.value is not None and r.value[:1] != b"\x00"}
     assert dead_origins == garbage  # dead letters may repeat after a crash, but only the garbage is there

@@ -30,7 +30,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from omnistream.kafka import client_config, producer_config, registry_client
@@ -40,6 +40,7 @@ from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
 from omnistream.sink.dlq import create_topic
 from omnistream.sink.layout import overlapping, parse_file_name
 from omnistream.sink.store import LocalStore
+from omnistream.topics import dlq
 
 ROOT = Path(__file__).resolve().parents[2]
 MONEY = {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}
@@ -209,6 +210,17 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[
     finally:
         consumer.close()
     return sorted(out, key=lambda r: (r.partition, r.offset))
+
+
+def dead_letters(settings: Settings, topic: str) -> list[tuple[Record, dict[str, Any]]]:
+    """The records of ``topic``'s DLQ with their DeadLetter values decoded through the registry."""
+    deserialize = AvroDeserializer(registry_client(settings))
+    out = []
+    for record in read_topic(settings, dlq(topic)):
+        letter = deserialize(record.value, SerializationContext(dlq(topic), MessageField.VALUE))
+        assert isinstance(letter, dict)
+        out.append((record, letter))
+    return out
 
 
 def landed(directory: Path, topic: str, columns: str = "*") -> list[dict[str, Any]]:

@@ -78,9 +78,9 @@ def test_rows_tombstones_and_dead_letters_are_told_apart() -> None:
     assert rows[1]["record_metadata"]["key"] == "7" and rows[1]["record_metadata"]["schema_id"] is None
     assert rows[2]["record_metadata"]["key"] == '{"order_id":7}'  # an Avro key, decoded
 
-    reasons = {d.offset: d.reason.split(":")[0] for d in batch.dead}
+    reasons = {d.offset: d.reason.split(":")[0] for d in batch.rejected}
     assert reasons == {12: "not-wire-format", 13: "corrupt-avro", 14: "corrupt-avro", 15: "corrupt-avro"}
-    assert next(d for d in batch.dead if d.offset == 12).value == b"\x13garbage"
+    assert next(d for d in batch.rejected if d.offset == 12).value == b"\x13garbage"
 
 
 def test_a_batch_spanning_an_added_field_has_both_shapes() -> None:
@@ -101,4 +101,4 @@ def test_a_batch_of_only_dead_letters_is_an_empty_table_with_metadata() -> None:
     batch = build_batch("shop.orders", 1, [_msg(5, b"nope"), _msg(6, b"")], _cache())
     assert batch.table.num_rows == 0
     assert batch.table.column_names == ["record_metadata"]
-    assert [d.offset for d in batch.dead] == [5, 6]
+    assert [d.offset for d in batch.rejected] == [5, 6]
