@@ -51,3 +51,8 @@ def test_every_server_version_is_pinned_once() -> None:
     assert len(keys) == len(set(keys))
     with pytest.raises(KeyError, match="not pinned"):
         version("NOPE")
+
+
+def test_python_servers_are_pinned_to_the_same_version_as_in_dotenv() -> None:
+    pyproject = (VERSIONS_FILE.parent / "pyproject.toml").read_text()
+    assert f'"gcp-storage-emulator=={version("GCS_EMULATOR")}"' in pyproject
