@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import statistics
@@ -30,11 +31,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.admin import NewTopic
 from confluent_kafka.schema_registry import Schema
 from fastavro import parse_schema, schemaless_writer
 
-from omnistream.kafka import admin, producer_config, registry_client
+from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
 from omnistream.settings import Settings, get_settings
 from omnistream.sink.consumer import LandingSink, SinkConfig
 from omnistream.sink.store import LocalStore
@@ -54,14 +54,7 @@ SCHEMA = {
 }
 
 
-def create_topic(settings: Settings, name: str, config: dict[str, str] | None = None) -> None:
-    client = admin(settings)
-    client.create_topics([NewTopic(name, 3, 1, config=config or {})])[name].result(60)
-
-
 def register(settings: Settings, topic: str) -> int:
-    import json
-
     return registry_client(settings).register_schema(f"{topic}-value", Schema(json.dumps(SCHEMA), "AVRO"))
 
 
@@ -118,7 +111,7 @@ def produce(settings: Settings, topic: str, encoder: Encoder, count: int, rate: 
 
 def throughput(settings: Settings, records: int, root: Path) -> None:
     topic = f"bench.sink.{uuid.uuid4().hex[:8]}"
-    create_topic(settings, topic)
+    ensure_topics(settings, [TopicSpec(topic, 3)])
     encoder = Encoder(register(settings, topic))
     t0 = time.monotonic()
     produce(settings, topic, encoder, records)
@@ -146,7 +139,7 @@ def throughput(settings: Settings, records: int, root: Path) -> None:
 
 def latency(settings: Settings, rate: float, seconds: float, root: Path) -> None:
     topic = f"bench.sink.latency.{uuid.uuid4().hex[:8]}"
-    create_topic(settings, topic, {"message.timestamp.type": "LogAppendTime"})
+    ensure_topics(settings, [TopicSpec(topic, 3, {"message.timestamp.type": "LogAppendTime"})])
     encoder = Encoder(register(settings, topic))
     directory = root / "latency"
     config = SinkConfig(

@@ -12,6 +12,7 @@ from omnistream.inspect.cli import topics_app
 from omnistream.replay.cli import replay_app
 from omnistream.sink.cli import sink_app
 from omnistream.stack.cli import stack_app
+from omnistream.warehouse.cli import dbt_app
 from producers.cli import produce_app
 from simulators.cli import simulate_app
 
@@ -27,6 +28,7 @@ app.add_typer(produce_app, name="produce")
 app.add_typer(sink_app, name="sink")
 app.add_typer(replay_app, name="replay")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dbt_app, name="dbt")
 app.command("demo")(demo)
 
 

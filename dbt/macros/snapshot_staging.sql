@@ -31,8 +31,9 @@
 {% endmacro %}
 
 {#- dbt-snowflake's snapshot MERGE with the inserted values qualified by the source alias (dbt leaves them bare,
-    which Snowflake resolves to the source but a stricter binder, fakesnow's, finds ambiguous). Same statement
-    otherwise, in the same explicit transaction. -#}
+    which Snowflake resolves to the source but a stricter binder, fakesnow's, finds ambiguous). One MERGE is
+    atomic on its own, so it runs without dbt-snowflake's BEGIN/COMMIT around it (which fakesnow cannot run a
+    MERGE inside). -#}
 {% macro snowflake__snapshot_merge_sql(target, source, insert_cols) %}
     {%- set columns = config.get("snapshot_table_column_names") or get_snapshot_table_column_names() -%}
     {%- set source_values = [] -%}
@@ -52,5 +53,5 @@
         then insert ({{ insert_cols | join(', ') }})
         values ({{ source_values | join(', ') }})
     {% endset %}
-    {% do return(snowflake_dml_explicit_transaction(dml)) %}
+    {% do return(dml) %}
 {% endmacro %}

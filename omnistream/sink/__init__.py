@@ -8,10 +8,15 @@ Each file holds the typed columns of the Avro value plus ``record_metadata`` (se
 :mod:`omnistream.sink.arrow`), the shape of the Snowflake connector's schematized tables.
 
 Offset accounting: a file accounts for every offset from ``startOffset`` to ``endOffset``; the next file of
-the partition starts at ``endOffset + 1``. Within that range an offset is either a row of the file, a record
-that was dead-lettered (listed in the file's ``omnistream.landing`` key-value metadata as
-``dead_lettered_offsets``; the record itself is in ``<topic>.dlq`` with its origin in headers), or not a
-record a consumer ever sees (a transaction marker, a record of an aborted transaction, or one compaction
-removed). Files therefore tile each partition without gaps or overlaps, and recovery resumes at the highest
-``endOffset + 1`` — see :mod:`omnistream.sink.consumer` for the rules that make that exactly once.
+the partition starts at ``endOffset + 1``. Within that range an offset is either
+
+- a row of the file,
+- a record that was dead-lettered: listed in the file's ``omnistream.landing`` key-value metadata as
+  ``dead_lettered_offsets``, the record itself in ``<topic>.dlq`` as a ``DeadLetter``
+  (schemas/dead_letter.avsc) keyed ``<topic>/<partition>/<offset>``,
+- or not a record a consumer ever sees: a transaction marker, a record of an aborted transaction, or one
+  compaction removed.
+
+Files therefore tile each partition without gaps or overlaps, and recovery resumes at the highest
+``endOffset + 1``; see :mod:`omnistream.sink.consumer` for the rules that make that exactly once.
 """

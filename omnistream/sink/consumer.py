@@ -153,6 +153,11 @@ class LandingSink:
             },
         )
 
+    @property
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s this sink owns right now."""
+        return sorted(self._buffers)
+
     def request_stop(self) -> None:
         """Ask the loop to flush what it has and exit (signal-handler safe)."""
         self._stop.set()

@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import NewTopic
 from confluent_kafka.schema_registry import topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from omnistream.kafka import admin, load_schema, producer_config, registry_client
+from omnistream.dead_letter import DeadLetter
+from omnistream.kafka import TopicSpec, ensure_topics, load_schema, producer_config, registry_client
 from omnistream.settings import Settings
 from omnistream.sink.avro import UndecodableRecord, is_transient
 from omnistream.sink.batch import RejectedRecord
@@ -50,17 +50,17 @@ def dead_letter(rejected: RejectedRecord, failed_at: datetime | None = None) -> 
     attributes = {"partition": str(rejected.partition), "offset": str(rejected.offset), "stage": STAGE}
     if rejected.timestamp_ms is not None:
         attributes["timestamp_ms"] = str(rejected.timestamp_ms)
-    return {
-        "topic": rejected.topic,
-        "key": rejected.key,
-        "reason": rejected.reason,
-        "error_class": ERROR_CLASS,
-        "payload": rejected.value,
-        "source": f"{KAFKA_SOURCE}{rejected.topic}",
-        "source_id": source_id(rejected.topic, rejected.partition, rejected.offset),
-        "attributes": attributes,
-        "failed_at": failed_at or datetime.now(UTC),
-    }
+    return DeadLetter(
+        topic=rejected.topic,
+        key=rejected.key,
+        reason=rejected.reason,
+        error_class=ERROR_CLASS,
+        payload=rejected.value,
+        source=f"{KAFKA_SOURCE}{rejected.topic}",
+        source_id=source_id(rejected.topic, rejected.partition, rejected.offset),
+        attributes=attributes,
+        failed_at=failed_at or datetime.now(UTC),
+    ).to_avro()
 
 
 def origin_of(letter: Mapping[str, Any]) -> tuple[str, int, int] | None:
@@ -72,23 +72,6 @@ def origin_of(letter: Mapping[str, Any]) -> tuple[str, int, int] | None:
         return str(letter["topic"]), int(attributes["partition"]), int(attributes["offset"])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def create_topic(settings: Settings, topic: str, partitions: int) -> None:
-    """Create ``topic`` unless it exists.
-
-    ``omnistream.kafka.ensure_topics`` cannot be used as it stands: it drops its AdminClient while the
-    futures are pending, which destroys the handle and fails them with ``_DESTROY``.
-    """
-    client = admin(settings)  # kept referenced until the future resolves
-    new = NewTopic(topic, partitions, replication_factor=1)
-    future = client.create_topics([new], operation_timeout=30)[topic]
-    try:
-        future.result(timeout=60)
-        log.info("created topic %s", topic)
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
 
 
 class DeadLetterError(RuntimeError):
@@ -129,7 +112,7 @@ class DeadLetterSender:
 
     def _ensure_topic(self, topic: str) -> None:
         if topic not in self._ready:
-            create_topic(self.settings, topic, DLQ_PARTITIONS)
+            ensure_topics(self.settings, [TopicSpec(topic, partitions=DLQ_PARTITIONS)])
             self._ready.add(topic)
 
     def send(self, rejected: list[RejectedRecord], timeout_s: float = 60.0) -> None:

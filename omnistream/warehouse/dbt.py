@@ -8,11 +8,13 @@ global state (adapters, logging, the manifest) never leaks into the caller or in
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +65,19 @@ def default_history_root(settings: Settings) -> str:
     return f"gcs://{settings.gcs.bucket}/{HISTORY_DATASET}"
 
 
-def dbt_env(run: DbtRun, settings: Settings | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def dbt_env(
+    run: DbtRun, settings: Settings | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment for dbt: ``base`` (default: this process's) plus the run's locations."""
     settings = settings or get_settings()
     env = dict(os.environ if base is None else base)
-    duckdb_path = run.duckdb_path or Path(env.get("OMNISTREAM_DBT__DUCKDB_PATH") or default_duckdb_path(settings))
+    duckdb_path = run.duckdb_path or Path(
+        env.get("OMNISTREAM_DBT__DUCKDB_PATH") or default_duckdb_path(settings)
+    )
     duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    landing = run.landing_root or Path(env.get("OMNISTREAM_DBT__LANDING_ROOT") or default_landing_root(settings))
+    landing = run.landing_root or Path(
+        env.get("OMNISTREAM_DBT__LANDING_ROOT") or default_landing_root(settings)
+    )
     history = run.history_root or env.get("OMNISTREAM_DBT__HISTORY_ROOT") or default_history_root(settings)
     gcs_emulated = not settings.gcs.endpoint.rstrip("/").endswith("googleapis.com")
     env.update(
@@ -95,6 +103,20 @@ def dbt_env(run: DbtRun, settings: Settings | None = None, base: Mapping[str, st
         env["DBT_LOG_PATH"] = str(run.target_path.resolve() / "logs")
     env.update(run.extra_env)
     return env
+
+
+def target_dir(run: DbtRun) -> Path:
+    """Where dbt writes its artifacts for ``run`` (``run_results.json``, the manifest, compiled SQL)."""
+    if run.target_path is not None:
+        return run.target_path
+    configured = os.environ.get("DBT_TARGET_PATH")
+    return Path(configured) if configured else PROJECT_DIR / "target"
+
+
+def result_counts(run: DbtRun) -> dict[str, int]:
+    """Nodes of the last invocation per status (success, pass, warn, error, fail, skipped)."""
+    results = json.loads((target_dir(run) / "run_results.json").read_text())["results"]
+    return dict(Counter(r["status"] for r in results))
 
 
 def dbt_executable() -> str:

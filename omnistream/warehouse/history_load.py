@@ -2,9 +2,9 @@
 
 - Snowflake: an external stage over the bucket and ``COPY INTO`` with the files named. Snowflake's own load
   metadata (per table and file) skips a file already loaded, so re-running loads nothing twice.
-- DuckDB (the local warehouse): each file is loaded in its own transaction, replacing whatever an earlier load
-  of the same file left, and recorded with its checksum in ``raw.history_files``; an unchanged file is skipped,
-  a changed one (same name, new checksum) is reloaded.
+- DuckDB (the local warehouse): each file is loaded in its own transaction, replacing whatever an earlier
+  load of the same file left, and recorded with its checksum in ``raw.history_files``; an unchanged file is
+  skipped, a changed one (same name, new checksum) is reloaded.
 
 Files come from a local directory or from ``gs://``/``gcs://`` bucket prefixes (listed with the
 google-cloud-storage client, read through gcsfs).
@@ -115,7 +115,7 @@ def register_gcs(con: duckdb.DuckDBPyConnection, gcs: GcsSettings) -> None:
 def load_history_duckdb(
     con: duckdb.DuckDBPyConnection, files: Iterable[HistoryFile], gcs: GcsSettings | None = None
 ) -> LoadReport:
-    """Load ``files`` into ``raw.history_order_lines``; each file once per checksum, each in one transaction."""
+    """Load ``files`` into ``raw.history_order_lines``: once per checksum, each in one transaction."""
     files = list(files)
     if gcs is not None and any(is_bucket_uri(f.uri) for f in files):
         register_gcs(con, gcs)

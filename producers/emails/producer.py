@@ -31,11 +31,11 @@ from typing import Any, NoReturn
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.serialization import SerializationError
 
+from omnistream.dead_letter import DeadLetter
 from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS, dlq
 from producers.emails.checkpoint import Checkpoint, read_checkpoint
-from producers.emails.dead_letter import DeadLetter
 from producers.emails.imap import FetchedEmail, MailboxReader, UidValidityChanged
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, message_id_of, parse_email, read_message

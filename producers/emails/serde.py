@@ -19,9 +19,9 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
+from omnistream.dead_letter import DeadLetter, dead_letter_to_dict
 from omnistream.kafka import load_schema
 from producers.emails.checkpoint import Checkpoint, checkpoint_to_dict
-from producers.emails.dead_letter import DeadLetter, dead_letter_to_dict
 from producers.emails.model import StoreOrder, store_order_to_dict
 
 log = logging.getLogger(__name__)

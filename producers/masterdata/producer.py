@@ -32,10 +32,10 @@ from confluent_kafka.schema_registry import (
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from omnistream.dead_letter import DeadLetter, dead_letter_to_dict
 from omnistream.kafka import TopicSpec, ensure_topics, load_schema, producer_config
 from omnistream.settings import Settings
 from omnistream.topics import dlq
-from producers.emails.dead_letter import DeadLetter, dead_letter_to_dict
 from producers.masterdata.client import API_PREFIX, ApiClient
 from producers.masterdata.entities import EntitySpec, topic_names
 from producers.masterdata.records import InvalidRecord, RecordConverter

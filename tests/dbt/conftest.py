@@ -61,11 +61,18 @@ def write_sources(root: Path) -> tuple[OnlineOrders, StoreOrders, MasterData, To
 
     expected: Totals = {}
     sources = [
-        {(c, s, d.isoformat()): (t.orders, t.lines, t.net, t.tax) for (c, s, d), t in m.totals.items() if t.orders}
+        {
+            (c, s, d.isoformat()): (t.orders, t.lines, t.net, t.tax)
+            for (c, s, d), t in m.totals.items()
+            if t.orders
+        }
         for m in (online.manifest, stores.manifest)
     ]
     sources.append(
-        {k: (v["orders"], v["lines"], v["net"], v["tax"]) for k, v in read_totals(history.manifest_path).items()}
+        {
+            k: (v["orders"], v["lines"], v["net"], v["tax"])
+            for k, v in read_totals(history.manifest_path).items()
+        }
     )
     for totals in sources:
         for key, (orders, lines, net, tax) in totals.items():
@@ -89,4 +96,6 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
         target_path=root / "target",
     )
     result = run_dbt(["build"], run)
-    yield Warehouse(root, root / "omnistream.duckdb", run, online, stores, masterdata, expected, result.stdout)
+    yield Warehouse(
+        root, root / "omnistream.duckdb", run, online, stores, masterdata, expected, result.stdout
+    )

@@ -42,7 +42,7 @@ from simulators.reference import build_reference
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 MONEY = pa.decimal128(12, 2)
 
-# Debezium's flattened change events of shop.orders / shop.order_items (timestamptz is a ZonedTimestamp string).
+# Debezium's flattened change events of shop.orders / order_items (timestamptz: a ZonedTimestamp string).
 CDC_META = [
     pa.field("__deleted", pa.string()),
     pa.field("__op", pa.string()),
@@ -117,7 +117,8 @@ class Topic:
 
     def _table(self, partition: int, first_offset: int, records: list[Record]) -> pa.Table:
         columns = [
-            pa.array([None if r.value is None else r.value[f.name] for r in records], f.type) for f in self.schema
+            pa.array([None if r.value is None else r.value[f.name] for r in records], f.type)
+            for f in self.schema
         ]
         metadata = metadata_array(
             self.name,
@@ -155,7 +156,12 @@ class OnlineOrders:
 
 
 def online_orders(
-    seed: int, count: int, start: datetime, step: timedelta, partitions: int = 3, replay: tuple[int, int] = (30, 50)
+    seed: int,
+    count: int,
+    start: datetime,
+    step: timedelta,
+    partitions: int = 3,
+    replay: tuple[int, int] = (30, 50),
 ) -> OnlineOrders:
     """``count`` new orders and their lifecycle as change events; events ``replay[0]:replay[1]`` of each topic
     are delivered a second time after the rest, as Connect does after a crash before committing offsets."""
@@ -186,7 +192,7 @@ def online_orders(
             if isinstance(op, NewOrder):
                 order_id = len(id_of_ref) + 1
                 id_of_ref[op.ref] = order_id
-                row = {
+                row: dict[str, Any] = {
                     "order_id": order_id,
                     "customer_id": op.customer_id,
                     "status": "pending",
@@ -248,7 +254,7 @@ class StoreOrders:
 
 
 def store_orders(seed: int, count: int, start: datetime, step: timedelta, partitions: int = 2) -> StoreOrders:
-    """``count`` confirmation emails as the email producer publishes them: re-sends kept, malformed ones not."""
+    """``count`` confirmation emails as the email producer publishes them: re-sends kept, malformed not."""
     topic = Topic(topics.STORE_ORDERS, avsc_schema("store_order"))
     manifest = Manifest(source="emails", seed=seed)
     purchased: dict[int, datetime] = {}
@@ -317,7 +323,7 @@ class MasterData:
 
 
 def master_data(seed: int, first: datetime, second: datetime) -> MasterData:
-    """Two snapshots: everything at ``first``; at ``second`` three price changes, a deactivation, a deletion."""
+    """Two snapshots: everything at ``first``; at ``second`` three price changes, a deactivation, a delete."""
     ref = build_reference(seed)
     customers = Topic(topics.CUSTOMERS, avsc_schema("customer"))
     products = Topic(topics.PRODUCTS, avsc_schema("product"))
@@ -373,20 +379,31 @@ def master_data(seed: int, first: datetime, second: datetime) -> MasterData:
     repriced = [p.sku for p in ref.products[:3]]
     for record in products.records[:3]:
         assert record.value is not None
-        value = {**record.value, "unit_price": record.value["unit_price"] + Decimal("1.00"), "updated_at": second}
+        value = {
+            **record.value,
+            "unit_price": record.value["unit_price"] + Decimal("1.00"),
+            "updated_at": second,
+        }
         products.records.append(Record({**value, **snap(second)}, record.key, 0, second))
     deactivated = ref.customers[1].customer_id
     first_record = customers.records[1].value
     assert first_record is not None
     customers.records.append(
-        Record({**first_record, "active": False, "updated_at": second, **snap(second)}, str(deactivated), 0, second)
+        Record(
+            {**first_record, "active": False, "updated_at": second, **snap(second)},
+            str(deactivated),
+            0,
+            second,
+        )
     )
     deleted = ref.customers[2].customer_id
     customers.records.append(Record(None, str(deleted), 0, second))
     return MasterData(customers, products, stores, repriced, deleted, deactivated)
 
 
-def merged_totals(manifests: Iterable[Manifest]) -> dict[tuple[str, str | None, date], tuple[int, int, Decimal, Decimal]]:
+def merged_totals(
+    manifests: Iterable[Manifest],
+) -> dict[tuple[str, str | None, date], tuple[int, int, Decimal, Decimal]]:
     """(channel, store, day) → (orders, lines, net, tax) summed over manifests."""
     out: dict[tuple[str, str | None, date], tuple[int, int, Decimal, Decimal]] = {}
     for manifest in manifests:
@@ -396,7 +413,6 @@ def merged_totals(manifests: Iterable[Manifest]) -> dict[tuple[str, str | None, 
             o, n, net, tax = out.get(key, (0, 0, Decimal("0.00"), Decimal("0.00")))
             out[key] = (o + t.orders, n + t.lines, net + t.net, tax + t.tax)
     return out
-
 
 
 # --- the Snowflake Kafka connector's layout ------------------------------------------------------------

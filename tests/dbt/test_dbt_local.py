@@ -14,7 +14,9 @@ def test_build_runs_every_node_without_failure(warehouse: Warehouse) -> None:
     results = warehouse.run_results()
     statuses = Counter(r["status"] for r in results)
     assert statuses.keys() <= {"success", "pass"}, [
-        (r["unique_id"], r["status"], r.get("message")) for r in results if r["status"] not in ("success", "pass")
+        (r["unique_id"], r["status"], r.get("message"))
+        for r in results
+        if r["status"] not in ("success", "pass")
     ]
     kinds = Counter(r["unique_id"].split(".")[0] for r in results)
     assert kinds["model"] >= 25
@@ -25,8 +27,8 @@ def test_build_runs_every_node_without_failure(warehouse: Warehouse) -> None:
 
 def test_daily_sales_equal_the_manifests_to_the_cent(warehouse: Warehouse) -> None:
     rows = warehouse.query(
-        "select channel, store_id, cast(order_date as varchar), order_count, line_count, net_amount, tax_amount,"
-        " gross_amount from marts.fct_daily_sales"
+        "select channel, store_id, cast(order_date as varchar), order_count, line_count, net_amount,"
+        " tax_amount, gross_amount from marts.fct_daily_sales"
     )
     actual = {(c, s, d): (o, n, net, tax) for c, s, d, o, n, net, tax, gross in rows}
     assert all(gross == net + tax for *_, net, tax, gross in rows)
@@ -48,7 +50,9 @@ def test_marts_money_is_exact_and_instants_carry_their_zone(warehouse: Warehouse
 
 
 def test_online_orders_are_their_current_state_with_deletes_applied(warehouse: Warehouse) -> None:
-    rows = warehouse.query("select cast(source_order_id as bigint), status from marts.fct_orders where source = 'onlinedb'")
+    rows = warehouse.query(
+        "select cast(source_order_id as bigint), status from marts.fct_orders where source = 'onlinedb'"
+    )
     assert dict(rows) == warehouse.online.final_status
     assert warehouse.online.deleted, "the plan should delete at least one order"
     assert not set(dict(rows)) & warehouse.online.deleted
@@ -105,7 +109,7 @@ def test_reconciliation_report_accounts_for_every_source(warehouse: Warehouse) -
         "select channel, sum(history_orders), sum(live_orders), sum(mart_orders), bool_and(is_reconciled)"
         " from marts.rpt_channel_reconciliation group by channel order by channel"
     )
-    expected_orders = Counter()
+    expected_orders: Counter[str] = Counter()
     for (channel, _, _), (orders, *_) in warehouse.expected.items():
         expected_orders[channel] += orders
     for channel, history, live, mart, reconciled in rows:

@@ -13,63 +13,17 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
-from test_sink_support import (
-    AvroProducer,
-    Record,
-    assert_files_tile,
-    dead_letters,
-    landed,
-    metadata_offsets,
-    new_topic,
-    order,
-    read_topic,
-    sink_process,
-)
+from test_sink_support import LoadProducer, assert_exactly_once, new_topic, sink_process
 
-from omnistream.kafka import registry_client
 from omnistream.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 KILLS = 6
-RATE = 300  # records per second while the sink is being killed
-
-
-class LoadProducer(threading.Thread):
-    """Writes orders at a steady rate until stopped: every 50th a delete, every 97th garbage bytes."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        super().__init__(name="load", daemon=True)
-        self.producer = AvroProducer(settings, topic)
-        self.stop = threading.Event()
-        self.sent = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            started = time.monotonic()
-            while not self.stop.is_set():
-                i = self.sent
-                if i % 97 == 96:
-                    self.producer.raw(b"\xff" + os.urandom(11), key=f"junk-{i}")  # never wire format
-                elif i % 50 == 49:
-                    self.producer.send(None, key=str(i - 1))
-                else:
-                    self.producer.send(order(i), key=str(i))
-                self.sent += 1
-                # Paced by waiting on the stop flag, so stopping is immediate.
-                self.stop.wait(max(0.0, started + self.sent / RATE - time.monotonic()))
-            self.producer.flush()
-        except BaseException as exc:
-            self.error = exc
 
 
 def _files(directory: Path) -> int:
@@ -92,13 +46,6 @@ def _run_until_landing_then_kill(
     assert proc.returncode is None, "the sink exited by itself:\n" + log.read_text()
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
-
-
-def _expected_row(record: Record, deserialize: AvroDeserializer, topic: str) -> tuple[object, ...]:
-    if record.value is None:
-        return (record.key.decode() if record.key else None, None, None)
-    value = cast(dict[str, Any], deserialize(record.value, SerializationContext(topic, MessageField.VALUE)))
-    return (record.key.decode() if record.key else None, value["order_id"], value["total"])
 
 
 def test_kill_9_at_random_moments_under_load_loses_and_duplicates_nothing(
@@ -137,25 +84,5 @@ def test_kill_9_at_random_moments_under_load_loses_and_duplicates_nothing(
     final = sink_process(log, *args, "--drain")
     assert final.wait(timeout=180) == 0, log.read_text()
 
-    records = read_topic(stack_settings, topic)
-    assert len(records) == load.sent
-    rows = landed(directory, topic, "record_metadata, order_id, total")
-    offsets = metadata_offsets(rows)
-    assert len(offsets) == len(set(offsets)), "a record landed twice"
-    dead_origins = {
-        (int(letter["attributes"]["partition"]), int(letter["attributes"]["offset"]))
-        for _, letter in dead_letters(stack_settings, topic)
-    }
-    garbage = {(r.partition, r.offset) for r in records if r.value is not None and r.value[:1] != b"\x00"}
-    assert dead_origins == garbage  # dead letters may repeat after a crash, but only the garbage is there
-    assert set(offsets).isdisjoint(dead_origins)
-    assert set(offsets) | dead_origins == {(r.partition, r.offset) for r in records}, "a record was lost"
-
-    deserialize = AvroDeserializer(registry_client(stack_settings))
-    by_offset = {(r.partition, r.offset): r for r in records}
-    for row, at in zip(rows, offsets, strict=True):
-        got = (row["record_metadata"]["key"], row["order_id"], row["total"])
-        assert got == _expected_row(by_offset[at], deserialize, topic), at
-    assert_files_tile(directory, topic)
-    assert not list(directory.rglob(".*.tmp")), "a half-written file was left behind"
+    assert_exactly_once(stack_settings, directory, topic, load.sent)
     assert log.read_text().count("assigned ") >= KILLS + 1

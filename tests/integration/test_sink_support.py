@@ -12,13 +12,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 from confluent_kafka import (
@@ -33,11 +34,10 @@ from confluent_kafka import (
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from omnistream.kafka import client_config, producer_config, registry_client
+from omnistream.kafka import TopicSpec, client_config, ensure_topics, producer_config, registry_client
 from omnistream.settings import Settings
 from omnistream.sink.batch import headers_of
 from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
-from omnistream.sink.dlq import create_topic
 from omnistream.sink.layout import overlapping, parse_file_name
 from omnistream.sink.store import LocalStore
 from omnistream.topics import dlq
@@ -136,7 +136,7 @@ class AvroProducer:
 
 
 def new_topic(settings: Settings, name: str, partitions: int = 3) -> str:
-    create_topic(settings, name, partitions)
+    ensure_topics(settings, [TopicSpec(name, partitions)])
     return name
 
 
@@ -259,6 +259,100 @@ def assert_files_tile(directory: Path, topic: str) -> None:
 
 def metadata_offsets(rows: Iterable[dict[str, Any]]) -> list[tuple[int, int]]:
     return [(r["record_metadata"]["partition"], r["record_metadata"]["offset"]) for r in rows]
+
+
+class LoadProducer(threading.Thread):
+    """Writes orders at a steady rate until stopped: every 50th a delete, every 97th garbage bytes."""
+
+    def __init__(self, settings: Settings, topic: str, rate: float = 300) -> None:
+        super().__init__(name="load", daemon=True)
+        self.rate = rate
+        self.producer = AvroProducer(settings, topic)
+        self.stop = threading.Event()
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            started = time.monotonic()
+            while not self.stop.is_set():
+                i = self.sent
+                if i % 97 == 96:
+                    self.producer.raw(b"\xff" + os.urandom(11), key=f"junk-{i}")  # never wire format
+                elif i % 50 == 49:
+                    self.producer.send(None, key=str(i - 1))
+                else:
+                    self.producer.send(order(i), key=str(i))
+                self.sent += 1
+                # Paced by waiting on the stop flag, so stopping is immediate.
+                self.stop.wait(max(0.0, started + self.sent / self.rate - time.monotonic()))
+            self.producer.flush()
+        except BaseException as exc:
+            self.error = exc
+
+
+def _expected_row(record: Record, deserialize: AvroDeserializer, topic: str) -> tuple[object, ...]:
+    if record.value is None:
+        return (record.key.decode() if record.key else None, None, None)
+    value = cast(dict[str, Any], deserialize(record.value, SerializationContext(topic, MessageField.VALUE)))
+    return (record.key.decode() if record.key else None, value["order_id"], value["total"])
+
+
+def assert_exactly_once(settings: Settings, directory: Path, topic: str, sent: int) -> None:
+    """Every record of ``topic`` landed once or dead-lettered (garbage only), none twice; files tile."""
+    records = read_topic(settings, topic)
+    assert len(records) == sent
+    rows = landed(directory, topic, "record_metadata, order_id, total")
+    offsets = metadata_offsets(rows)
+    assert len(offsets) == len(set(offsets)), "a record landed twice"
+    dead_origins = {
+        (int(letter["attributes"]["partition"]), int(letter["attributes"]["offset"]))
+        for _, letter in dead_letters(settings, topic)
+    }
+    garbage = {(r.partition, r.offset) for r in records if r.value is not None and r.value[:1] != b"\x00"}
+    assert dead_origins == garbage  # dead letters may repeat after a crash, but only the garbage is there
+    assert set(offsets).isdisjoint(dead_origins)
+    assert set(offsets) | dead_origins == {(r.partition, r.offset) for r in records}, "a record was lost"
+
+    deserialize = AvroDeserializer(registry_client(settings))
+    by_offset = {(r.partition, r.offset): r for r in records}
+    for row, at in zip(rows, offsets, strict=True):
+        got = (row["record_metadata"]["key"], row["order_id"], row["total"])
+        assert got == _expected_row(by_offset[at], deserialize, topic), at
+    assert_files_tile(directory, topic)
+    assert not list(directory.rglob(".*.tmp")), "a half-written file was left behind"
+
+
+def poll_until(condition: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.05) -> None:
+    """Check ``condition`` every ``every_s`` until it holds; fail after ``timeout_s`` saying ``what``."""
+    idle = threading.Event()  # never set: its wait is the pause between checks
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        idle.wait(every_s)
+
+
+class SinkThread(threading.Thread):
+    """A landing sink running in a thread of the test; an error it dies of is kept for the test to raise."""
+
+    def __init__(self, settings: Settings, directory: Path, config: SinkConfig) -> None:
+        super().__init__(name=f"sink-{config.group_id}", daemon=True)
+        self.sink = LandingSink(settings, LocalStore(directory), config)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.sink.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self.sink.request_stop()
+        self.join(60)
+        assert not self.is_alive(), "the sink did not stop"
+        if self.error is not None:
+            raise self.error
 
 
 def sink_process(log: Path, *args: str) -> subprocess.Popen[bytes]:

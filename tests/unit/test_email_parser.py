@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 import fastavro
 import pytest
 
+from omnistream.dead_letter import DeadLetter
 from omnistream.kafka import load_schema
 from omnistream.money import FORMATS, format_money, parse_percent, round_cents
 from producers.emails.checkpoint import Checkpoint
-from producers.emails.dead_letter import DeadLetter
 from producers.emails.model import Provenance, StoreOrder
 from producers.emails.parser import ParseError, parse_email, read_message, receipt_from_html
 from simulators.email_plan import NON_ASCII_CASHIERS, PlannedEmail, PurchaseLine, StorePurchase

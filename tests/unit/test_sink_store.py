@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from omnistream.settings import Settings
 from omnistream.sink.layout import LandedFile, temp_name
-from omnistream.sink.store import LocalStore, OverlapError
+from omnistream.sink.store import LocalStore, OverlapError, landing_dir, open_store
 
 
 def _table(n: int) -> pa.Table:
@@ -56,3 +57,20 @@ def test_leftover_temporaries_are_removed_and_never_listed(tmp_path: Path) -> No
     assert not leftover.exists()
     assert store.remove_temporaries("t", 1) == 0
     assert store.remove_temporaries("absent", 0) == 0
+
+
+def test_the_landing_zone_is_under_the_state_dir_unless_configured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    defaults = Settings()
+    assert landing_dir(defaults) == defaults.stack.state_dir / "landing"
+    assert defaults.landing.group_id == "omnistream-landing" and defaults.landing.bucket == ""
+
+    monkeypatch.setenv("OMNISTREAM_LANDING__DIR", str(tmp_path))
+    monkeypatch.setenv("OMNISTREAM_LANDING__FLUSH_RECORDS", "7")
+    monkeypatch.setenv("OMNISTREAM_LANDING__FLUSH_SECONDS", "0.5")
+    configured = Settings()
+    assert landing_dir(configured) == tmp_path
+    assert (configured.landing.flush_records, configured.landing.flush_seconds) == (7, 0.5)
+    store = open_store(configured)
+    assert isinstance(store, LocalStore) and store.root == str(tmp_path)
