@@ -2,7 +2,7 @@
 #   make demo   start the local stack and run the pipeline on it (SCALE=full: 6M history rows)
 #   make test   unit + integration tests against the real local stack
 #   make bench  benchmarks that print figures
-#   make lint   ruff, mypy
+#   make lint   ruff, mypy, sqlfluff
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy omnistream simulators producers
+	$(BIN)/sqlfluff lint dbt/models
 
 format: $(STAMP)
 	$(BIN)/ruff format .

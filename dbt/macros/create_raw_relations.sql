@@ -37,9 +37,10 @@
 
 {#- The glob of a source's files: landed topics by `meta.landing_topic`, history by `meta.history_dataset`. -#}
 {% macro raw_file_pattern(node) %}
-    {% if node.meta.get('landing_topic') %}
-        {{ return(var('landing_root') ~ '/' ~ node.meta['landing_topic'] ~ '/partition=*/*.parquet') }}
-    {% elif node.meta.get('history_dataset') %}
+    {% set meta = source_meta(node) %}
+    {% if meta.get('landing_topic') %}
+        {{ return(var('landing_root') ~ '/' ~ meta['landing_topic'] ~ '/partition=*/*.parquet') }}
+    {% elif meta.get('history_dataset') %}
         {{ return(var('history_root') ~ '/year=*/month=*/*.parquet') }}
     {% endif %}
     {{ return(none) }}
@@ -53,8 +54,13 @@
     {{ return(found > 0) }}
 {% endmacro %}
 
+{#- A source table's meta (set under `config:`; older projects set it at the top level). -#}
+{% macro source_meta(node) %}
+    {{ return(node.config.get('meta') or node.meta or {}) }}
+{% endmacro %}
+
 {% macro raw_parquet_select(node, pattern) %}
-    {% if node.meta.get('history_dataset') %}
+    {% if source_meta(node).get('history_dataset') %}
         {#- The same columns COPY INTO gives the Snowflake table: the file each row came from. -#}
         {{ return(
             "select * exclude (filename), filename as source_file from read_parquet('" ~ pattern

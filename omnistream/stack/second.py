@@ -19,15 +19,17 @@ def second_stack_settings(base: Settings, state_dir: Path, port_offset: int) -> 
     def shifted(section: str, *fields: str) -> dict[str, int]:
         return {f: getattr(getattr(base, section), f) + port_offset for f in fields}
 
-    return Settings(
-        stack={"state_dir": state_dir, "dist_dir": Layout.from_settings(base).dist},
-        postgres=shifted("postgres", "port"),
-        kafka=shifted("kafka", "port", "controller_port"),
-        registry=shifted("registry", "port", "management_port"),
-        connect={**shifted("connect", "port"), "group_id": f"omnistream-connect-{port_offset}"},
-        mail=shifted("mail", "smtp_port", "imap_port", "api_port"),
-        gcs=shifted("gcs", "port"),
-        api=shifted("api", "port"),
+    return Settings.model_validate(
+        {
+            "stack": {"state_dir": state_dir, "dist_dir": Layout.from_settings(base).dist},
+            "postgres": shifted("postgres", "port"),
+            "kafka": shifted("kafka", "port", "controller_port"),
+            "registry": shifted("registry", "port", "management_port"),
+            "connect": {**shifted("connect", "port"), "group_id": f"omnistream-connect-{port_offset}"},
+            "mail": shifted("mail", "smtp_port", "imap_port", "api_port"),
+            "gcs": shifted("gcs", "port"),
+            "api": shifted("api", "port"),
+        }
     )
 
 

@@ -103,6 +103,8 @@ def register_gcs(con: duckdb.DuckDBPyConnection, gcs: GcsSettings) -> None:
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     import gcsfs
 
+    if {"gs", "gcs"} & set(con.list_filesystems()):
+        return  # registered on this connection already (gcsfs answers to both names)
     emulated = not gcs.endpoint.rstrip("/").endswith("googleapis.com")
     fs = gcsfs.GCSFileSystem(
         project=gcs.project,
@@ -120,7 +122,12 @@ def load_history_duckdb(
     if gcs is not None and any(is_bucket_uri(f.uri) for f in files):
         register_gcs(con, gcs)
     # A raw view left by a dbt run over the files stands where the loaded table goes.
-    con.execute("drop view if exists raw.history_order_lines")
+    views = con.execute(
+        "select count(*) from information_schema.tables"
+        " where table_schema = 'raw' and table_name = 'history_order_lines' and table_type = 'VIEW'"
+    ).fetchall()
+    if views[0][0]:
+        con.execute("drop view raw.history_order_lines")
     for statement in _statements("duckdb_history_setup.sql"):
         con.execute(statement)
     loaded_before = dict(con.execute("select source_file, checksum from raw.history_files").fetchall())

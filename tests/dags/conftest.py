@@ -6,7 +6,9 @@ imports it, and the tests import Airflow inside their functions.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import pytest
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "airflow" / "dags"
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="omnistream-airflow-"))
+atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
 
 os.environ.update(
     {

@@ -11,13 +11,13 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import DAGS_FOLDER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dbt"))
 from dbt_fixture_data import online_orders, store_orders
 
 from simulators.history import generate_history
 
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "airflow" / "dags"
 DAG_IDS = {"omnistream_dbt", "omnistream_history_load"}
 
 
@@ -70,7 +70,8 @@ def test_dbt_dag_builds_the_local_warehouse(airflow_db: Path, local_warehouse: P
     run = dag_bag().get_dag("omnistream_dbt").test()
     assert _task_states(run) == {"dbt_build": "success"}
     with duckdb.connect(str(local_warehouse / "omnistream.duckdb"), read_only=True) as con:
-        channels = dict(con.execute("select channel, count(*) from marts.fct_orders group by channel").fetchall())
+        by_channel = "select channel, count(*) from marts.fct_orders group by channel"
+        channels = dict(con.execute(by_channel).fetchall())
         sources = {s for (s,) in con.execute("select distinct source from marts.fct_orders").fetchall()}
     assert channels["online"] > 0 and channels["in_store"] > 0
     assert sources == {"onlinedb", "stores", "history"}

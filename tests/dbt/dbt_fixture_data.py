@@ -28,14 +28,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnistream import topics
 from omnistream.sink.arrow import METADATA_COLUMN, arrow_type, metadata_array
 from omnistream.sink.layout import LandedFile
+from omnistream.warehouse.dbt import DbtRun
 from simulators.email_plan import EmailPlanner
-from simulators.manifest import Manifest
+from simulators.history import generate_history
+from simulators.manifest import Manifest, read_totals
 from simulators.order_plan import DeleteOrder, NewOrder, OrderPlanner, StatusChange
 from simulators.reference import build_reference
 
@@ -492,3 +495,72 @@ def load_snowflake_table(cursor: Any, schema: str, table: str, topic: Topic, chu
             [v for row in batch for v in row],
         )
     return len(rows)
+
+
+# --- a whole set of sources, and the warehouse built from them ---------------------------------------------
+
+SEED = 42
+# The live sources start where the history ends; the first live day crosses UTC midnight.
+HISTORY_END = date(2026, 11, 24)
+LIVE_START = datetime(2026, 11, 24, 21, 0, tzinfo=UTC)
+Totals = dict[tuple[str, str | None, str], tuple[int, int, Decimal, Decimal]]
+
+
+@dataclass
+class Warehouse:
+    """A built warehouse and the ground truth it was built from."""
+
+    root: Path
+    duckdb_path: Path
+    run: DbtRun
+    online: OnlineOrders
+    stores: StoreOrders
+    masterdata: MasterData
+    expected: Totals
+    build_output: str
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def run_results(self) -> list[dict[str, Any]]:
+        assert self.run.target_path is not None
+        data = json.loads((self.run.target_path / "run_results.json").read_text())
+        results: list[dict[str, Any]] = data["results"]
+        return results
+
+
+def write_sources(root: Path) -> tuple[OnlineOrders, StoreOrders, MasterData, Totals]:
+    """Landed topics under ``root/landing``, history under ``root/history``; the merged ground truth."""
+    landing = root / "landing"
+    online = online_orders(SEED, count=60, start=LIVE_START, step=timedelta(minutes=7))
+    stores = store_orders(SEED, count=80, start=LIVE_START, step=timedelta(minutes=5))
+    masterdata = master_data(SEED, LIVE_START - timedelta(days=1), LIVE_START + timedelta(hours=2))
+    for topic in (online.orders, online.order_items, stores.topic, *_master_topics(masterdata)):
+        topic.write(landing)
+    history = generate_history(root / "history_out", seed=SEED, rows=3_000, end=HISTORY_END)
+
+    expected: Totals = {}
+    sources = [
+        {
+            (c, s, d.isoformat()): (t.orders, t.lines, t.net, t.tax)
+            for (c, s, d), t in m.totals.items()
+            if t.orders
+        }
+        for m in (online.manifest, stores.manifest)
+    ]
+    sources.append(
+        {
+            k: (v["orders"], v["lines"], v["net"], v["tax"])
+            for k, v in read_totals(history.manifest_path).items()
+        }
+    )
+    for totals in sources:
+        for key, (orders, lines, net, tax) in totals.items():
+            o, n, a, b = expected.get(key, (0, 0, Decimal("0.00"), Decimal("0.00")))
+            expected[key] = (o + orders, n + lines, a + net, b + tax)
+    return online, stores, masterdata, expected
+
+
+def _master_topics(masterdata: MasterData) -> tuple[Any, ...]:
+    return (masterdata.customers, masterdata.products, masterdata.stores)

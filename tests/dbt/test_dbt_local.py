@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from datetime import datetime
 from decimal import Decimal
 
-from conftest import Warehouse
+from dbt_fixture_data import Warehouse
 
 from omnistream.warehouse.dbt import run_dbt
 
@@ -123,3 +125,24 @@ def test_a_second_build_changes_nothing(warehouse: Warehouse) -> None:
     run_dbt(["build"], warehouse.run)
     assert warehouse.query("select * from marts.fct_daily_sales order by daily_sales_key") == before
     assert warehouse.query("select count(*) from marts.dim_customers") == customers_before
+
+
+def test_source_freshness_reads_when_each_topic_last_landed(warehouse: Warehouse) -> None:
+    run_dbt(["source", "freshness"], warehouse.run, check=False)  # stale fixtures are an error, not a crash
+    assert warehouse.run.target_path is not None
+    results = json.loads((warehouse.run.target_path / "sources.json").read_text())["results"]
+    latest = {
+        r["unique_id"].split(".", 2)[2]: datetime.fromisoformat(r["max_loaded_at"].replace("Z", "+00:00"))
+        for r in results
+    }
+    topics = {
+        "onlinedb.orders": warehouse.online.orders,
+        "onlinedb.order_items": warehouse.online.order_items,
+        "stores.order_confirmations": warehouse.stores.topic,
+        "masterdata.customers": warehouse.masterdata.customers,
+        "masterdata.products": warehouse.masterdata.products,
+        "masterdata.stores": warehouse.masterdata.stores,
+    }
+    assert set(latest) == set(topics)  # the history is a static load: no freshness
+    for name, topic in topics.items():
+        assert latest[name] == max(r.timestamp for r in topic.records), name

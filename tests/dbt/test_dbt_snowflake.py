@@ -22,8 +22,7 @@ from typing import Any
 
 import pytest
 import snowflake.connector
-from conftest import Totals, write_sources
-from dbt_fixture_data import load_snowflake_table
+from dbt_fixture_data import Totals, load_snowflake_table, write_sources
 
 from omnistream.warehouse.dbt import DbtRun, run_dbt
 from omnistream.warehouse.history_load import (

@@ -36,7 +36,11 @@ def resolved(profiles: str) -> dict[str, Any]:
     env["COMPOSE_PROFILES"] = profiles
     result = subprocess.run(
         [*compose_command(), "-f", "docker-compose.yml", "config"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "is not set" not in result.stderr, result.stderr  # every ${VAR} is pinned or defaulted

@@ -3,7 +3,11 @@ with
 
 days as (
 
-    {{ dbt.date_spine('day', "cast('" ~ var('date_spine_start') ~ "' as date)", "cast('" ~ var('date_spine_end') ~ "' as date)") }}
+    {{ dbt.date_spine(
+        'day',
+        "cast('" ~ var('date_spine_start') ~ "' as date)",
+        "cast('" ~ var('date_spine_end') ~ "' as date)",
+    ) }}
 
 ),
 

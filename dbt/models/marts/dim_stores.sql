@@ -22,7 +22,7 @@ final as (
         city,
         country,
         locale,
-        timezone,
+        time_zone,
         cast(tax_rate as decimal(6, 4)) as tax_rate,
         opened_at,
         is_active,

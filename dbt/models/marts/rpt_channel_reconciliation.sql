@@ -17,7 +17,7 @@ history_figures as (
         0 as records_dropped,
         0 as orders_deleted
     from {{ ref('stg_history__order_lines') }}
-    group by 1, 2, 3
+    group by {{ utc_date('ordered_at') }}, channel, store_id
 
 ),
 
@@ -57,7 +57,7 @@ online_figures as (
         sum(online_changes.is_deleted) as orders_deleted
     from online_changes
     left join online_orders on online_changes.order_id = online_orders.order_id
-    group by 1, 2, 3
+    group by {{ utc_date('online_changes.created_at') }}
 
 ),
 
@@ -74,7 +74,7 @@ store_figures as (
         sum(resend_count) as records_dropped,
         0 as orders_deleted
     from {{ ref('int_store_orders_deduplicated') }}
-    group by 1, 2, 3
+    group by {{ utc_date('ordered_at') }}, store_id
 
 ),
 

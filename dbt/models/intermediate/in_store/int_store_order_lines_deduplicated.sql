@@ -9,7 +9,10 @@ lines as (
 
 orders as (
 
-    select order_number, email_id from {{ ref('int_store_orders_deduplicated') }}
+    select
+        order_number,
+        email_id
+    from {{ ref('int_store_orders_deduplicated') }}
 
 ),
 

@@ -17,10 +17,11 @@ orders as (
 latest as (
 
     select * from changes
-    qualify row_number() over (
-        partition by order_id, line_number
-        order by lsn desc, kafka_partition desc, kafka_offset desc
-    ) = 1
+    qualify
+        row_number() over (
+            partition by order_id, line_number
+            order by lsn desc, kafka_partition desc, kafka_offset desc
+        ) = 1
 
 ),
 

@@ -10,7 +10,11 @@ online_lines as (
 
 online_orders as (
 
-    select order_id, customer_id, created_at from {{ ref('int_online_orders_collapsed') }}
+    select
+        order_id,
+        customer_id,
+        created_at
+    from {{ ref('int_online_orders_collapsed') }}
 
 ),
 
@@ -22,7 +26,12 @@ store_lines as (
 
 store_orders as (
 
-    select order_number, store_id, customer_id, ordered_at from {{ ref('int_store_orders_deduplicated') }}
+    select
+        order_number,
+        store_id,
+        customer_id,
+        ordered_at
+    from {{ ref('int_store_orders_deduplicated') }}
 
 ),
 

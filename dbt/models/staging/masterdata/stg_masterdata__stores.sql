@@ -15,7 +15,7 @@ renamed as (
         cast(city as varchar) as city,
         cast(country as varchar) as country,
         cast(locale as varchar) as locale,
-        cast(timezone as varchar) as timezone,
+        cast(timezone as varchar) as time_zone,
         cast(tax_rate as decimal(6, 4)) as tax_rate,
         {{ to_timestamptz('opened_at') }} as opened_at,
         cast(active as boolean) as is_active,

@@ -41,10 +41,11 @@ deduplicated as (
         -- How many copies of this change landed; more than one is an at-least-once re-delivery.
         count(*) over (partition by order_id, lsn) as delivery_count
     from renamed
-    qualify row_number() over (
-        partition by order_id, lsn
-        order by kafka_partition, kafka_offset
-    ) = 1
+    qualify
+        row_number() over (
+            partition by order_id, lsn
+            order by kafka_partition, kafka_offset
+        ) = 1
 
 )
 
