@@ -1,4 +1,5 @@
-# The omnistream application image: CLI, simulators, producers, landing sink, dbt and Airflow.
+# The omnistream application image: CLI, simulators, producers, landing sink, dbt and Airflow (the dev
+# extra carries Airflow, fakesnow and the linters).
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
@@ -13,7 +14,7 @@ COPY stack ./stack
 COPY dbt ./dbt
 COPY airflow ./airflow
 # uid 1000 = the Kafka image's user, so Connect can read the 0600 secrets file on the shared volume.
-RUN pip install -e . && useradd --create-home --uid 1000 omnistream && mkdir -p /data && chown omnistream /data
+RUN pip install -e '.[dev]' && useradd --create-home --uid 1000 omnistream && mkdir -p /data && chown omnistream /data
 USER omnistream
 ENV OMNISTREAM_STACK__STATE_DIR=/data
 ENTRYPOINT ["omnistream"]
