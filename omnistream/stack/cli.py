@@ -64,7 +64,9 @@ def bootstrap(services: Services = None) -> None:
 
 @stack_app.command()
 def down(
-    purge: bool = typer.Option(False, "--purge", help="Also delete data and logs (downloads are kept)."),
+    purge: bool = typer.Option(
+        False, "--purge", help="Also delete data, logs, landed files and the warehouse (downloads are kept)."
+    ),
 ) -> None:
     """Stop the processes the stack started."""
     stopped = Stack(get_settings()).down(purge, _progress)

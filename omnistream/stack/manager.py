@@ -176,9 +176,17 @@ class Stack:
             assert isinstance(postgres, Postgres)
             if postgres.data_dir.is_symlink():
                 shutil.rmtree(postgres.data_dir.resolve(), ignore_errors=True)
-            for folder in (self.layout.data, self.layout.logs, self.layout.run):
-                shutil.rmtree(folder, ignore_errors=True)
-            progress(f"purged data and logs under {self.layout.root} (downloads kept)")
+            # Everything under the state directory but the downloads is data the servers or the pipeline
+            # wrote (landing files, the warehouse, simulator output, secrets): a purge leaves none of it,
+            # since landed files left beside emptied topics would be taken for records already landed.
+            for entry in self.layout.root.iterdir():
+                if entry == self.layout.dist or entry.name == "stack.lock":
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+            progress(f"purged everything under {self.layout.root} but the downloads")
         return stopped
 
     def status(self) -> list[ServiceStatus]:

@@ -43,7 +43,7 @@ def test_down_stops_every_process_it_started(stack_settings: Settings, tmp_path:
     assert sorted(stopped) == sorted(SERVICE_NAMES)
     survivors = [p for pid, kids in family.items() for p in (pid, *kids) if process.is_running(p)]
     assert survivors == []
-    assert not (tmp_path / "second" / "data").exists()
+    assert sorted(p.name for p in (tmp_path / "second").iterdir()) == ["stack.lock"]
 
 
 def test_taken_port_is_reported_with_the_service_name(stack_settings: Settings, tmp_path: Path) -> None:
