@@ -1,35 +1,74 @@
-"""The ``omnistream`` command line."""
+"""The ``omnistream`` command line.
+
+Each command's module is imported only when that command runs: a long-running process (the watchdog, a
+simulator) then carries only what it uses, and ``omnistream status`` does not load Kafka, Arrow, dbt and
+Faker just to start. ``COMMANDS`` is the one list of what the CLI offers.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from omnistream.connect.cli import connect_app
-from omnistream.demo_cli import demo
-from omnistream.inspect.cli import topics_app
-from omnistream.replay.cli import replay_app
-from omnistream.sink.cli import sink_app
-from omnistream.stack.cli import stack_app
-from omnistream.warehouse.cli import dbt_app
-from producers.cli import produce_app
-from simulators.cli import simulate_app
+# name → (module, attribute): a Typer app (a group of commands) or one command function.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("omnistream.supervise.cli", "up"),
+    "down": ("omnistream.supervise.cli", "down"),
+    "status": ("omnistream.supervise.cli", "status"),
+    "logs": ("omnistream.supervise.cli", "logs"),
+    "reconcile": ("omnistream.reconcile", "reconcile_command"),
+    "demo": ("omnistream.demo_cli", "demo"),
+    "stack": ("omnistream.stack.cli", "stack_app"),
+    "connect": ("omnistream.connect.cli", "connect_app"),
+    "simulate": ("simulators.cli", "simulate_app"),
+    "produce": ("producers.cli", "produce_app"),
+    "sink": ("omnistream.sink.cli", "sink_app"),
+    "replay": ("omnistream.replay.cli", "replay_app"),
+    "topics": ("omnistream.inspect.cli", "topics_app"),
+    "dbt": ("omnistream.warehouse.cli", "dbt_app"),
+    "supervise": ("omnistream.supervise.cli", "supervise_app"),
+}
+HIDDEN = {"supervise"}
+
+
+def _load(name: str) -> Any:
+    module, attribute = COMMANDS[name]
+    target = getattr(importlib.import_module(module), attribute)
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    command.hidden = name in HIDDEN
+    return command
+
+
+class LazyCommands(TyperGroup):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in COMMANDS:
+            return None
+        if cmd_name not in self.commands:
+            self.commands[cmd_name] = _load(cmd_name)
+        return self.commands[cmd_name]
+
 
 app = typer.Typer(
+    cls=LazyCommands,
     help="omnistream: an omnichannel retailer's sources, streamed into one warehouse.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(stack_app, name="stack")
-app.add_typer(connect_app, name="connect")
-app.add_typer(simulate_app, name="simulate")
-app.add_typer(produce_app, name="produce")
-app.add_typer(sink_app, name="sink")
-app.add_typer(replay_app, name="replay")
-app.add_typer(topics_app, name="topics")
-app.add_typer(dbt_app, name="dbt")
-app.command("demo")(demo)
 
 
 @app.callback()

@@ -101,7 +101,8 @@ class MailSettings(BaseModel):
     smtp_port: int = 13025
     imap_port: int = 13143
     api_port: int = 18180
-    heap: str = "128m"
+    # GreenMail keeps every message in its heap: sized for the demo's and a soak's volumes.
+    heap: str = "384m"
     domain: str = "stores.omnistream.local"
     mailbox_user: str = "confirmations"
     mailbox_password: SecretStr = SecretStr("confirmations")
@@ -146,6 +147,52 @@ class LandingSettings(BaseModel):
     group_id: str = "omnistream-landing"
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus endpoints (``/metrics``) of the long-running pipeline processes; port 0 turns one off."""
+
+    host: str = LOOPBACK
+    sink_port: int = 19101
+    email_producer_port: int = 19102
+    masterdata_producer_port: int = 19103
+
+
+class AirflowSettings(BaseModel):
+    """Airflow in the local stack: its metadata database lives in the stack's PostgreSQL."""
+
+    host: str = LOOPBACK
+    port: int = 18090  # API server and UI
+    database: str = "airflow"
+    user: str = "airflow"
+    # How often the omnistream_dbt DAG builds the warehouse.
+    dbt_every_minutes: float = 15.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class PipelineSettings(BaseModel):
+    """What ``omnistream up`` runs beside the servers, and how it is supervised."""
+
+    # simulated: run the API, order and email simulators; none: real sources feed the pipeline.
+    sources: str = "simulated"
+    order_rate: float = 2.0  # new online orders per second
+    email_rate: float = 1.0  # store emails per second
+    masterdata_every: str = "5m"  # master-data snapshot interval
+    history_rows: int = 200_000  # order lines of history the first `up` puts in the bucket
+    # `status`: a streaming topic with no landed record for this long is stale (simulated sources only).
+    stale_after_s: float = 600.0
+    # `status`: a replication slot retaining more WAL than this is degraded.
+    max_retained_wal_bytes: int = 1 << 30
+    # A process that dies within `start_seconds` of starting is retried after 1 s, 2 s, … up to
+    # `start_retries` times, then marked FATAL (a crash loop, shown by `omnistream status`).
+    start_seconds: int = 5
+    start_retries: int = 10
+    # The watchdog: how often it looks at Connect's tasks and FATAL processes, and its backoff cap.
+    watch_every_s: float = 10.0
+    restart_backoff_max_s: float = 300.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OMNISTREAM_",
@@ -163,9 +210,28 @@ class Settings(BaseSettings):
     gcs: GcsSettings = GcsSettings()
     api: ApiSettings = ApiSettings()
     landing: LandingSettings = LandingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    airflow: AirflowSettings = AirflowSettings()
+    pipeline: PipelineSettings = PipelineSettings()
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``OMNISTREAM_*`` variables that make a child process (an ``omnistream`` command) use ``settings``."""
+    env: dict[str, str] = {}
+    for section in type(settings).model_fields:
+        model = getattr(settings, section)
+        for key in type(model).model_fields:
+            value = getattr(model, key)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, Path):
+                value = value.resolve()
+            if value is not None:
+                env[f"OMNISTREAM_{section.upper()}__{key.upper()}"] = str(value)
+    return env

@@ -1,4 +1,9 @@
-"""Start, check and stop the local stack's servers as background processes."""
+"""Start, check and stop the local stack's servers, as programs of the stack's supervisord.
+
+supervisord (omnistream/supervise) owns every process: this module renders its configuration, asks it to
+start each server once what the server needs answers, waits until the server answers a real request and
+bootstraps it. A server that crashes later is restarted by supervisord, not by this code.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ from omnistream.stack import process
 from omnistream.stack.install import install_jars, postgres_bin_dir
 from omnistream.stack.layout import Layout
 from omnistream.stack.services import SERVICE_NAMES, Postgres, Service, build_services
+from omnistream.supervise import config
+from omnistream.supervise.control import RUNNING_STATES, Supervisor
+from omnistream.supervise.programs import build_programs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,7 @@ class Stack:
         self.settings = settings
         self.layout = Layout.from_settings(settings)
         self.services = build_services(settings, self.layout)
+        self.supervisor = Supervisor(config.SupervisorPaths.for_layout(self.layout))
 
     def select(self, names: Iterable[str] | None) -> list[Service]:
         """The named services plus everything they need, in start order."""
@@ -86,7 +95,18 @@ class Stack:
             yield
 
     def pid(self, service: Service) -> int | None:
-        return process.alive_pid(self.layout.pid_file(service.name))
+        """The server's pid while supervisord runs it, else None."""
+        if not self.supervisor.is_running():
+            return None
+        info = self.supervisor.info(service.name)
+        return info.pid if info.state in ("STARTING", "RUNNING") and info.pid else None
+
+    def ensure_supervisor(self) -> None:
+        """Render supervisord's configuration and start it, or make a running one take the new version."""
+        programs = build_programs(self.settings, self.layout, self.services)
+        _, changed = config.write(self.settings, self.layout, programs)
+        if not self.supervisor.ensure_running() and changed:
+            self.supervisor.reread()
 
     def up(self, names: Iterable[str] | None = None, progress: Progress = log.info) -> UpReport:
         """Start what is not running and wait until every selected service answers a real request."""
@@ -97,6 +117,7 @@ class Stack:
         began = time.monotonic()
         selected = self.select(names)
         self.install(progress)
+        self.ensure_supervisor()
         report = UpReport()
         pending = {s.name: s for s in selected}
         started_at: dict[str, float] = {}
@@ -106,7 +127,7 @@ class Stack:
             for service in list(pending.values()):
                 if service.name in started_at or not set(service.needs) <= healthy:
                     continue
-                if self.pid(service):
+                if self.supervisor.info(service.name).state in RUNNING_STATES:
                     report.already_running.append(service.name)
                 else:
                     self._start(service)
@@ -115,8 +136,10 @@ class Stack:
                 progress(f"{service.name}: waiting until it answers")
             for name in [n for n in pending if n in started_at]:
                 service = pending[name]
-                if self.pid(service) is None:
-                    raise ServiceFailed(name, "the process exited", self.layout.log_file(name))
+                info = self.supervisor.info(name)
+                if info.state in ("FATAL", "EXITED", "STOPPED"):
+                    reason = f"the process exited ({info.description or info.spawn_error})"
+                    raise ServiceFailed(name, reason, self.layout.log_file(name))
                 error = _check(service)
                 if error is None:
                     service.bootstrap()
@@ -146,31 +169,34 @@ class Stack:
                 )
         try:
             service.prepare()
-            launch = service.launch()
-            process.spawn(
-                launch.cmd,
-                pidfile=self.layout.pid_file(service.name),
-                logfile=logfile,
-                marker=launch.marker,
-                env=launch.env,
-                cwd=launch.cwd,
-                user=launch.user,
-            )
+            self.supervisor.start(service.name)
         except Exception as exc:  # initdb, formatting storage, exec…: say which service and why
             raise ServiceFailed(service.name, f"could not be started: {exc}", logfile) from exc
 
+    def stop_programs(self, names: Iterable[str], progress: Progress = log.info) -> list[str]:
+        """Stop these programs one after another (each finishes its unit of work first)."""
+        stopped = []
+        for name in names:
+            if self.supervisor.stop(name):
+                stopped.append(name)
+                progress(f"{name}: stopped")
+        return stopped
+
     def down(self, purge: bool = False, progress: Progress = log.info) -> list[str]:
-        """Stop every service this stack started (reverse order); with ``purge`` delete data and logs."""
+        """Stop every program (pipeline first, servers last), then supervisord; ``purge`` deletes the data."""
         with self._exclusive():
             return self._down(purge, progress)
 
     def _down(self, purge: bool, progress: Progress) -> list[str]:
-        stopped = []
-        for name in reversed(SERVICE_NAMES):
-            service = self.services[name]
-            if process.stop(self.layout.pid_file(name), service.stop_signal):
-                stopped.append(name)
-                progress(f"{name}: stopped")
+        stopped: list[str] = []
+        if self.supervisor.is_running():
+            programs = self.supervisor.all_info()
+            # Everything that is not a server stops first, then the servers in reverse start order.
+            others = [n for n in reversed(list(programs)) if n not in SERVICE_NAMES]
+            stopped = self.stop_programs(others, progress)
+            stopped += self.stop_programs([n for n in reversed(SERVICE_NAMES) if n in programs], progress)
+            self.supervisor.shutdown()
+            progress("supervisord: stopped")
         if purge:
             postgres = self.services["postgres"]
             assert isinstance(postgres, Postgres)
@@ -190,10 +216,12 @@ class Stack:
         return stopped
 
     def status(self) -> list[ServiceStatus]:
+        infos = self.supervisor.all_info() if self.supervisor.is_running() else {}
         out = []
         for service in self.services.values():
-            pid = self.pid(service)
-            error = _check(service) if pid else "not running"
+            info = infos.get(service.name)
+            pid = info.pid if info and info.state in ("STARTING", "RUNNING") and info.pid else None
+            error = _check(service) if pid else (f"not running ({info.state})" if info else "not running")
             out.append(
                 ServiceStatus(
                     name=service.name,
@@ -201,7 +229,7 @@ class Stack:
                     endpoints=service.endpoints(),
                     healthy=error is None,
                     detail=error or "",
-                    rss_kib=process.rss_kib(pid) if pid else 0,
+                    rss_kib=(info.rss_bytes() // 1024) if info else 0,
                 )
             )
         return out

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from omnistream.settings import Settings
+from omnistream.settings import Settings, settings_environment
 from omnistream.stack.layout import Layout
 
 
@@ -29,19 +27,12 @@ def second_stack_settings(base: Settings, state_dir: Path, port_offset: int) -> 
             "mail": shifted("mail", "smtp_port", "imap_port", "api_port"),
             "gcs": shifted("gcs", "port"),
             "api": shifted("api", "port"),
+            "airflow": shifted("airflow", "port"),
+            "metrics": shifted("metrics", "sink_port", "email_producer_port", "masterdata_producer_port"),
         }
     )
 
 
 def as_environment(settings: Settings) -> dict[str, str]:
     """``OMNISTREAM_*`` variables that make a subprocess (an ``omnistream`` command) use ``settings``."""
-    env: dict[str, str] = {}
-    for section in ("stack", "postgres", "kafka", "registry", "connect", "mail", "gcs", "api"):
-        model = getattr(settings, section)
-        for key in type(model).model_fields:
-            value = getattr(model, key)
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if value is not None:
-                env[f"OMNISTREAM_{section.upper()}__{key.upper()}"] = str(value)
-    return env
+    return settings_environment(settings)

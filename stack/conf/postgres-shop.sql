@@ -12,3 +12,13 @@ do $$ begin
         create publication {publication} for tables in schema shop;
     end if;
 end $$;
+-- Debezium's heartbeat table. It is in the publication (the whole schema is), so each heartbeat write
+-- reaches the connector as a change: while the shop's tables are quiet the connector's stored offset
+-- still moves with the WAL, and the slot (confirmed only up to that offset, lsn.flush.mode=connector)
+-- never holds WAL without bound nor gets confirmed past what Kafka Connect committed.
+create table if not exists shop.debezium_heartbeat (
+    id int primary key,
+    beat_at timestamptz not null
+);
+alter table shop.debezium_heartbeat owner to {app_user};
+grant select, insert, update on shop.debezium_heartbeat to {replication_user};

@@ -143,3 +143,33 @@ def test_compose_connect_worker_matches_the_local_stack_worker() -> None:
         return {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
 
     assert keys("connect/connect-distributed.properties") == keys("stack/conf/connect-distributed.properties")
+
+
+def test_compose_runs_the_same_long_running_services_as_omnistream_up(compose: dict[str, Any]) -> None:
+    """One list of services (omnistream/supervise/catalogue.py): compose and `omnistream up` cannot drift."""
+    from omnistream.supervise.catalogue import COMPOSE_ONLY, SERVICES
+
+    everything = {**compose["services"], **resolved("snowflake")["services"]}
+    assert set(everything) == {s.name for s in SERVICES} | set(COMPOSE_ONLY)
+    for spec in SERVICES:
+        assert everything[spec.name].get("restart") == "unless-stopped", spec.name
+    for name in COMPOSE_ONLY:
+        if name != "kafka-ui":  # the one long-running service `up` cannot run: no registry here serves it
+            assert everything[name].get("restart") == "no", name
+
+
+def test_compose_commands_are_the_supervised_programs_commands(compose: dict[str, Any]) -> None:
+    """Every source and pipeline service runs the same omnistream command, with the same options."""
+    from omnistream.supervise.programs import pipeline_commands
+
+    commands = pipeline_commands(Settings())
+    services = compose["services"]
+    for name, argv in commands.items():
+        ours = argv[3:]  # after `python -m omnistream`
+        theirs = [w for w in services[name]["command"] if w not in ("--host", "0.0.0.0", "--port", "5000")]
+        if name == "watchdog":
+            theirs = [w for w in theirs if w != "--connect-only"]  # compose has no supervisord to watch
+        # Rates and intervals are settings; the command and its flags are the same.
+        assert [w for w in theirs if w.startswith("-") or w.isalpha()] == [
+            w for w in ours if w.startswith("-") or w.isalpha()
+        ], name
