@@ -38,6 +38,7 @@ HIDDEN = {"supervise"}
 def _load(name: str) -> Any:
     module, attribute = COMMANDS[name]
     target = getattr(importlib.import_module(module), attribute)
+    command: Any
     if isinstance(target, typer.Typer):
         command = typer.main.get_group(target)
     else:

@@ -37,7 +37,6 @@ LOG4J_CONFIG = CONF_DIR / "log4j2.properties"
 @dataclass(frozen=True)
 class Launch:
     cmd: list[str]
-    marker: str  # a string the running process's command line contains; proves the pid is ours
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     user: str | None = None
@@ -168,7 +167,7 @@ class Postgres(Service):
         cmd = [str(postgres_bin_dir() / "postgres"), "-D", str(cluster)]
         for key, value in options.items():
             cmd += ["-c", f"{key}={value}"]
-        return Launch(cmd, marker=str(cluster), user=self.run_as)
+        return Launch(cmd, cwd=cluster, user=self.run_as)
 
     def _connect(self, dbname: str = "postgres") -> psycopg.Connection:
         pg = self.settings.postgres
@@ -249,7 +248,7 @@ class Kafka(Service):
 
     def launch(self) -> Launch:
         cmd = [*self._java_cmd("kafka.Kafka", self.settings.kafka.heap), str(self.properties_file)]
-        return Launch(cmd, marker=str(self.properties_file))
+        return Launch(cmd)
 
     def check(self) -> None:
         from confluent_kafka.admin import AdminClient
@@ -292,7 +291,7 @@ class Registry(Service):
             "APICURIO_KAFKASQL_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
             "APICURIO_KAFKASQL_TOPIC": "_apicurio-kafkasql-journal",
         }
-        return Launch(cmd, marker=str(jar), env=env, cwd=self.data_dir)
+        return Launch(cmd, env=env, cwd=self.data_dir)
 
     def check(self) -> None:
         httpx.get(f"{self.settings.registry.url}/subjects", timeout=2).raise_for_status()
@@ -343,7 +342,7 @@ class Connect(Service):
             "org.apache.kafka.connect.cli.ConnectDistributed",
             str(self.properties_file),
         ]
-        return Launch(cmd, marker=str(self.properties_file))
+        return Launch(cmd)
 
     def check(self) -> None:
         httpx.get(f"{self.settings.connect.url}/connector-plugins", timeout=2).raise_for_status()
@@ -372,7 +371,7 @@ class Mail(Service):
             "greenmail.users": user,
         }
         cmd = [self.java(17), f"-Xmx{m.heap}", *(f"-D{k}={v}" for k, v in props.items()), "-jar", str(jar)]
-        return Launch(cmd, marker=f"greenmail.imap.port={m.imap_port}")
+        return Launch(cmd)
 
     def check(self) -> None:
         m = self.settings.mail
@@ -397,9 +396,7 @@ class Gcs(Service):
         cmd = [str(emulator), "start", "--host", g.host, "--port", str(g.port)]
         # The emulator keeps its objects under the working directory, so they survive restarts.
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return Launch(
-            cmd, marker=f"gcp-storage-emulator start --host {g.host} --port {g.port}", cwd=self.data_dir
-        )
+        return Launch(cmd, cwd=self.data_dir)
 
     def check(self) -> None:
         g = self.settings.gcs

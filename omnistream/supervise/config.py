@@ -11,6 +11,7 @@ again later, with its own capped backoff. Logs are rotated by supervisord itself
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import sys
@@ -59,12 +60,16 @@ def _escape(value: str) -> str:
     return value.replace("%", "%%")
 
 
-def _environment(env: dict[str, str]) -> str:
-    pairs = []
-    for key, value in sorted(env.items()):
-        quoted = value.replace("\\", "\\\\").replace('"', '\\"')
-        pairs.append(f'{key}="{_escape(quoted)}"')
-    return ",".join(pairs)
+def env_file(layout: Layout, program: Program) -> Path:
+    return layout.run / "env" / f"{program.name}.json"
+
+
+def _command(program: Program, layout: Layout) -> list[str]:
+    """The program's command; with an environment, started through the launcher that reads its file."""
+    if not program.environment:
+        return program.command
+    launcher = [sys.executable, "-m", "omnistream.supervise.launch", str(env_file(layout, program)), "--"]
+    return [*launcher, *program.command]
 
 
 def _program_section(program: Program, layout: Layout, settings: Settings) -> str:
@@ -72,7 +77,7 @@ def _program_section(program: Program, layout: Layout, settings: Settings) -> st
     log = layout.log_file(program.name)
     lines = [
         f"[program:{program.name}]",
-        f"command={_escape(shlex.join(program.command))}",
+        f"command={_escape(shlex.join(_command(program, layout)))}",
         f"directory={_escape(str(program.directory))}",
         "autostart=false",
         "autorestart=true",
@@ -91,8 +96,6 @@ def _program_section(program: Program, layout: Layout, settings: Settings) -> st
     ]
     if program.user:
         lines.append(f"user={program.user}")
-    if program.environment:
-        lines.append(f"environment={_environment(program.environment)}")
     return "\n".join(lines)
 
 
@@ -140,18 +143,29 @@ def render(settings: Settings, layout: Layout, programs: list[Program]) -> str:
 
 
 def write(settings: Settings, layout: Layout, programs: list[Program]) -> tuple[Path, bool]:
-    """Write the configuration (0600: it holds the pipeline's secrets); True when it changed."""
+    """Write the configuration and each program's environment file (0600); True when any changed."""
     paths = SupervisorPaths.for_layout(layout)
     paths.conf.parent.mkdir(parents=True, exist_ok=True)
     layout.logs.mkdir(parents=True, exist_ok=True)
     for program in programs:  # supervisord refuses to spawn into a missing working directory
         program.directory.mkdir(parents=True, exist_ok=True)
-    text = render(settings, layout, programs)
-    if paths.conf.exists() and paths.conf.read_text() == text:
-        return paths.conf, False
-    tmp = paths.conf.with_suffix(".tmp")
+    changed = False
+    for program in programs:
+        if program.environment:
+            text = json.dumps(program.environment, indent=1, sort_keys=True)
+            changed |= _write_private(env_file(layout, program), text)
+    changed |= _write_private(paths.conf, render(settings, layout, programs))
+    return paths.conf, changed
+
+
+def _write_private(path: Path, text: str) -> bool:
+    """Write ``text`` atomically, readable by its owner only (it may hold secrets); True when it changed."""
+    if path.exists() and path.read_text() == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    tmp.replace(paths.conf)
-    return paths.conf, True
+    tmp.replace(path)
+    return True

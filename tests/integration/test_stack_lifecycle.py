@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from omnistream.settings import Settings
-from omnistream.stack import process
 from omnistream.stack.layout import Layout
 from omnistream.stack.manager import ServiceFailed, Stack
 from omnistream.stack.second import second_stack_settings
@@ -37,11 +37,13 @@ def test_down_stops_every_process_it_started(stack_settings: Settings, tmp_path:
         stack.up()
         pids = {name: stack.pid(service) for name, service in stack.services.items()}
         assert all(pids.values()), pids
-        family = {pid: process.descendants(pid) for pid in pids.values() if pid}
+        supervisord = psutil.Process(int(stack.supervisor.paths.pidfile.read_text()))
+        family = [supervisord, *supervisord.children(recursive=True)]
+        assert {p.pid for p in family} >= set(pids.values())  # every server is supervisord's child
     finally:
         stopped = stack.down(purge=True)
-    assert sorted(stopped) == sorted(SERVICE_NAMES)
-    survivors = [p for pid, kids in family.items() for p in (pid, *kids) if process.is_running(p)]
+    assert set(SERVICE_NAMES) <= set(stopped)
+    survivors = [p.pid for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == []
     assert sorted(p.name for p in (tmp_path / "second").iterdir()) == ["stack.lock"]
 
@@ -52,8 +54,11 @@ def test_taken_port_is_reported_with_the_service_name(stack_settings: Settings, 
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind((settings.gcs.host, settings.gcs.port))
         squatter.listen()
-        with pytest.raises(ServiceFailed) as failure:
-            Stack(settings).up(["gcs"])
+        try:
+            with pytest.raises(ServiceFailed) as failure:
+                Stack(settings).up(["gcs"])
+        finally:
+            Stack(settings).down()
         assert failure.value.service == "gcs"
         assert "already in use" in failure.value.reason
 
@@ -63,13 +68,17 @@ def test_taken_port_is_reported_with_the_service_name(stack_settings: Settings, 
             "OMNISTREAM_STACK__DIST_DIR": str(Layout.from_settings(stack_settings).dist),
             "OMNISTREAM_GCS__PORT": str(settings.gcs.port),
         }
-        cli = subprocess.run(
-            [sys.executable, "-m", "omnistream", "stack", "up", "gcs"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            cli = subprocess.run(
+                [sys.executable, "-m", "omnistream", "stack", "up", "gcs"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            down = [sys.executable, "-m", "omnistream", "stack", "down"]
+            subprocess.run(down, env=env, capture_output=True, check=False)
     assert cli.returncode == 1
     assert "gcs did not come up" in cli.stdout
     assert f"port {settings.gcs.port}" in cli.stdout
