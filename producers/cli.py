@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -15,6 +16,17 @@ log = logging.getLogger(__name__)
 err_console = Console(stderr=True)
 
 ALL_ENTITIES = "customers,products,stores"
+
+
+def metrics_port_option(setting: str) -> Any:
+    """``--metrics-port``, defaulting to ``settings.metrics.<setting>``."""
+    return typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help=f"Serve Prometheus metrics on this port (default: settings.metrics.{setting}); 0: off.",
+    )
 
 
 @produce_app.command("masterdata")
@@ -37,6 +49,7 @@ def produce_masterdata(
     topic_prefix: str = typer.Option(
         "", "--topic-prefix", help="Put this in front of every topic name (side-by-side environments)."
     ),
+    metrics_port: int | None = metrics_port_option("masterdata_producer_port"),
 ) -> None:
     """Snapshot customers, products and stores from the master-data API into compacted topics.
 
@@ -47,10 +60,12 @@ def produce_masterdata(
     The API's URL and token: OMNISTREAM_API__HOST, OMNISTREAM_API__PORT, OMNISTREAM_API__TOKEN.
     """
     # Imported here so that `omnistream --help` does not load Kafka and Avro.
+    from omnistream.metrics import MetricsEndpointError, serve_metrics
     from omnistream.settings import get_settings
     from producers.masterdata.client import ApiClient, ApiError, ApiUnavailable, RetryPolicy
     from producers.masterdata.entities import select_entities, topic_names
     from producers.masterdata.producer import (
+        MasterDataMetrics,
         MasterDataProducer,
         SchemaRejected,
         SnapshotFailed,
@@ -82,11 +97,13 @@ def produce_masterdata(
     signal.signal(signal.SIGTERM, on_sigterm)
     display = SnapshotDisplay()
     options = SnapshotOptions(page_size=page_size, topics=topic_names(topic_prefix), republish=republish)
+    metrics = MasterDataMetrics()
     try:
         token = settings.api.token.get_secret_value()
         with (
+            serve_metrics(metrics.registry, settings, "masterdata_producer_port", metrics_port),
             ApiClient(settings.api.url, token, RetryPolicy(max_attempts)) as client,
-            MasterDataProducer(settings, client, options) as producer,
+            MasterDataProducer(settings, client, options, metrics) as producer,
         ):
             run_snapshots(producer, specs, every_s, display.update, display.report, stop)
     except KeyboardInterrupt:
@@ -94,9 +111,10 @@ def produce_masterdata(
         err_console.print("stopped; a snapshot in progress published no tombstones")
         # SIGTERM is an orderly stop (exit 0); Ctrl-C keeps the shell's convention for an interrupt.
         raise typer.Exit(0 if stop.is_set() else 130) from None
-    except (ApiError, ApiUnavailable, SnapshotFailed, SchemaRejected) as exc:
+    except (ApiError, ApiUnavailable, SnapshotFailed, SchemaRejected, MetricsEndpointError) as exc:
         display.stop()
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # soft_wrap: one line per error in a supervisor's log, whatever the terminal's width.
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -132,6 +150,7 @@ def produce_emails(
     imap_retry_for: float = typer.Option(
         300.0, "--imap-retry-for", min=0.0, help="Seconds to keep retrying an unreachable IMAP server."
     ),
+    metrics_port: int | None = metrics_port_option("email_producer_port"),
 ) -> None:
     """Produce the stores' order-confirmation emails (IMAP) to Kafka, exactly once.
 
@@ -142,6 +161,7 @@ def produce_emails(
     # Imported here so that `omnistream --help` does not load Kafka and Avro.
     from confluent_kafka import KafkaException
 
+    from omnistream.metrics import MetricsEndpointError, serve_metrics
     from omnistream.settings import get_settings
     from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS
     from producers.emails.checkpoint import CheckpointUnavailable
@@ -195,8 +215,9 @@ def produce_emails(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     producer = EmailProducer(settings, mail, topics, options, on_batch=show)
+    endpoint = serve_metrics(producer.metrics.registry, settings, "email_producer_port", metrics_port)
     try:
-        with producer:
+        with endpoint, producer:
             typer.echo(
                 f"{producer.mailbox} → {topics.orders} (dead letters {topics.dead_letters}), from UID "
                 f"{producer.progress.last_uid + 1} (UIDVALIDITY {producer.progress.uidvalidity})"
@@ -210,8 +231,9 @@ def produce_emails(
         SchemaRejected,
         RegistryUnavailable,
         KafkaException,
+        MetricsEndpointError,
     ) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err_console.print("interrupted; the next start aborts the batch left open and reads it again")

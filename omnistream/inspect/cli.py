@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnistream.inspect.offsets import partition_offsets, topic_group_lags, topic_names
+from omnistream.inspect.offsets import topic_names
+from omnistream.inspect.records import (
+    RECORD_CAP,
+    KafkaUnavailableError,
+    connect,
+    describe_topic,
+    partition_counts,
+    shown,
+)
 from omnistream.inspect.tail import tail
-from omnistream.kafka import admin
 from omnistream.settings import get_settings
 
-topics_app = typer.Typer(help="Inspect topics: partitions, offsets, consumer lag, last records.")
+topics_app = typer.Typer(help="Inspect topics: partitions, offsets, records, consumer lag, last records.")
 
 AS_JSON = typer.Option(False, "--json", help="JSON instead of a table.")
+CAP = typer.Option(
+    RECORD_CAP,
+    "--cap",
+    min=0,
+    help="Count records exactly over at most this many offsets per partition; beyond, an upper bound (≤).",
+)
 
 
 def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
@@ -28,56 +42,88 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     Console().print(table)
 
 
+def _unavailable(exc: KafkaUnavailableError) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg="red", err=True)
+    return typer.Exit(1)  # a server that does not answer is a failure (1), not a usage error (2)
+
+
 @topics_app.command("list")
 def list_topics(
     internal: bool = typer.Option(False, "--internal", help="Include internal topics (_*, __*)."),
     pattern: str | None = typer.Option(None, "--match", help="Only topics matching this glob."),
+    cap: int = CAP,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Topics with their partition count and the offsets they hold."""
-    client = admin(get_settings())
-    names = topic_names(client, internal=internal, pattern=pattern)
-    offsets = partition_offsets(client, names)
-    summary: dict[str, list[int]] = {name: [0, 0] for name in names}
-    for p in offsets:
-        summary[p.topic][0] += 1
-        summary[p.topic][1] += p.records
+    """Topics with their partition count, the offsets they span and the records they hold.
+
+    Records are what a read_committed consumer gets: transaction markers and aborted records take offsets
+    but are not records.
+    """
+    settings = get_settings()
+    try:
+        names = topic_names(connect(settings), internal=internal, pattern=pattern)
+        counts = partition_counts(settings, names, cap=cap)
+    except KafkaUnavailableError as exc:
+        raise _unavailable(exc) from exc
+    summary: dict[str, dict[str, Any]] = {
+        name: {"topic": name, "partitions": 0, "offsets": 0, "records": 0, "exact": True} for name in names
+    }
+    for p, count in counts:
+        row = summary[p.topic]
+        row["partitions"] += 1
+        row["offsets"] += p.offsets
+        row["records"] += count.records
+        row["exact"] = row["exact"] and count.exact
     if as_json:
-        for name, (partitions, records) in summary.items():
-            typer.echo(json.dumps({"topic": name, "partitions": partitions, "records": records}))
+        for row in summary.values():
+            typer.echo(json.dumps(row))
         return
-    _table("topics", ["topic", "partitions", "records"], [[n, *v] for n, v in summary.items()])
+    _table(
+        "topics",
+        ["topic", "partitions", "offsets", "records"],
+        [
+            [r["topic"], r["partitions"], r["offsets"], shown(r["records"], r["exact"])]
+            for r in summary.values()
+        ],
+    )
 
 
 @topics_app.command("describe")
-def describe(topic: str = typer.Argument(..., help="Topic name."), as_json: bool = AS_JSON) -> None:
-    """Partitions (leader, start and end offsets) and every consumer group's committed offset and lag."""
-    client = admin(get_settings())
-    offsets = partition_offsets(client, [topic])
-    if not offsets:
+def describe(
+    topic: str = typer.Argument(..., help="Topic name."), cap: int = CAP, as_json: bool = AS_JSON
+) -> None:
+    """Partitions (leader, start and end offsets, records) and every consumer group's lag in records."""
+    settings = get_settings()
+    try:
+        counts, lags = describe_topic(settings, topic, cap=cap)
+    except KafkaUnavailableError as exc:
+        raise _unavailable(exc) from exc
+    if not counts:
         typer.secho(f"error: no topic {topic}", fg="red", err=True)
         raise typer.Exit(1)
-    lags = topic_group_lags(client, topic)
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "topic": topic,
-                    "partitions": [{**asdict(p), "records": p.records} for p in offsets],
-                    "groups": [asdict(g) for g in lags],
-                }
-            )
-        )
+        partitions = [
+            {**asdict(p), "offsets": p.offsets, "records": c.records, "exact": c.exact} for p, c in counts
+        ]
+        groups = [{"group": group, **asdict(lag)} for group, rows in lags.items() for lag in rows]
+        typer.echo(json.dumps({"topic": topic, "partitions": partitions, "groups": groups}))
         return
     _table(
         topic,
-        ["partition", "leader", "replicas", "start", "end", "records"],
-        [[p.partition, p.leader, ",".join(map(str, p.replicas)), p.start, p.end, p.records] for p in offsets],
+        ["partition", "leader", "replicas", "start", "end", "offsets", "records"],
+        [
+            [p.partition, p.leader, ",".join(map(str, p.replicas)), p.start, p.end, p.offsets, str(c)]
+            for p, c in counts
+        ],
     )
     _table(
-        f"consumer groups on {topic}",
+        f"consumer groups on {topic} (lag in records)",
         ["group", "partition", "committed", "end", "lag"],
-        [[g.group, g.partition, g.committed, g.end, g.lag] for g in lags],
+        [
+            [group, lag.partition, lag.committed, lag.end, shown(lag.lag, lag.exact)]
+            for group, rows in lags.items()
+            for lag in rows
+        ],
     )
 
 

@@ -1,4 +1,8 @@
-"""Partitions, start/end offsets, consumer groups and their committed offsets, through the admin API."""
+"""Partitions, start/end offsets, consumer groups and their committed offsets, through the admin API.
+
+Offsets only: differences of offsets are not record counts (transaction markers, aborted records and
+compaction take offsets). Counts and lag in records are :mod:`omnistream.inspect.records`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 log = logging.getLogger(__name__)
@@ -30,21 +34,9 @@ class PartitionOffsets:
     end: int
 
     @property
-    def records(self) -> int:
-        """Offsets held; on compacted or transactional topics an upper bound of the records."""
+    def offsets(self) -> int:
+        """Offsets held: an upper bound of the records (markers, aborted records and compaction take some)."""
         return self.end - self.start
-
-
-@dataclass(frozen=True)
-class GroupLag:
-    """A consumer group's committed offset on one partition and how far behind the end it is."""
-
-    group: str
-    topic: str
-    partition: int
-    committed: int | None
-    end: int
-    lag: int
 
 
 def topic_names(admin: AdminClient, *, internal: bool = False, pattern: str | None = None) -> list[str]:
@@ -101,6 +93,7 @@ def committed_offsets(
 
 
 def group_ids(admin: AdminClient) -> list[str]:
+    """Every consumer group the cluster knows, sorted."""
     return sorted(
         g.group_id
         for g in admin.list_consumer_groups(request_timeout=TIMEOUT_S).result(RESULT_TIMEOUT_S).valid
@@ -114,31 +107,3 @@ def group_members(admin: AdminClient, group: str) -> tuple[str, list[str]]:
     )
     state = getattr(description.state, "name", str(description.state))
     return state, [f"{m.client_id}@{m.host}" for m in description.members]
-
-
-def lags(
-    offsets: Iterable[PartitionOffsets], committed: dict[tuple[str, int], int], group: str
-) -> list[GroupLag]:
-    """Lag per partition: end offset minus committed offset (minus start if nothing is committed)."""
-    rows = []
-    for p in offsets:
-        done = committed.get((p.topic, p.partition))
-        lag = p.end - (done if done is not None else p.start)
-        rows.append(GroupLag(group, p.topic, p.partition, done, p.end, max(lag, 0)))
-    return rows
-
-
-def topic_group_lags(admin: AdminClient, topic: str) -> list[GroupLag]:
-    """Every consumer group that has committed offsets on ``topic``, with its lag per partition."""
-    offsets = partition_offsets(admin, [topic])
-    keys = [(p.topic, p.partition) for p in offsets]
-    rows: list[GroupLag] = []
-    for group in group_ids(admin):
-        try:
-            committed = committed_offsets(admin, group, keys)
-        except KafkaException as exc:  # a group being deleted or rebalancing right now
-            log.debug("no offsets for group %s: %s", group, exc)
-            continue
-        if committed:
-            rows.extend(lags(offsets, committed, group))
-    return rows

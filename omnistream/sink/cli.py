@@ -60,10 +60,20 @@ def sink(
         "--instance-id",
         help="Static group membership: restarted under the same id, a sink gets its partitions back at once.",
     ),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on this port (default: settings.metrics.sink_port); 0 turns them off.",
+    ),
 ) -> None:
     """Run a landing sink (a member of the consumer group) until Ctrl-C or SIGTERM."""
     if ctx.invoked_subcommand is not None:
         return
+    from omnistream.metrics import MetricsEndpointError, serve_metrics
+    from omnistream.sink.consumer import SinkMetrics
+
     settings = get_settings()
     if pattern:
         try:
@@ -79,7 +89,10 @@ def sink(
         drain=drain,
         instance_id=instance_id,
     )
-    landing = LandingSink(settings, open_store(settings, directory=directory, bucket=bucket), config)
+    metrics = SinkMetrics()
+    landing = LandingSink(
+        settings, open_store(settings, directory=directory, bucket=bucket), config, metrics=metrics
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: flushing and stopping", signum)
@@ -88,8 +101,9 @@ def sink(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        stats = landing.run()
-    except (LandingAheadError, OverlapError) as exc:
+        with serve_metrics(metrics.registry, settings, "sink_port", metrics_port):
+            stats = landing.run()
+    except (LandingAheadError, OverlapError, MetricsEndpointError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
     typer.echo(
@@ -105,14 +119,24 @@ def status(
     group: str | None = GROUP,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per partition."),
 ) -> None:
-    """Lag per partition: end offset minus the group's committed offset, and how far the files reach."""
+    """Lag per partition in records after the group's committed offset, and how far the files reach.
+
+    Records as a read_committed consumer sees them (transaction markers are no lag); "≤ N" is an upper
+    bound, for a partition too far behind to count.
+    """
+    from omnistream.inspect.records import KafkaUnavailableError, shown
+
     settings = get_settings()
     group_id = group or settings.landing.group_id
     store = open_store(settings, directory=directory, bucket=bucket)
-    rows = sink_status(settings, group_id, topic_list(topics), store)
+    try:
+        rows = sink_status(settings, group_id, topic_list(topics), store)
+    except KafkaUnavailableError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
     if as_json:
         for row in rows:
-            typer.echo(json.dumps({**asdict(row), "group": group_id, "landed_lag": row.landed_lag}))
+            typer.echo(json.dumps({**asdict(row), "group": group_id}))
         return
     table = Table(title=f"landing sink {group_id} → {store.root}")
     for column in ("topic", "partition", "start", "end", "committed", "lag", "landed to", "unlanded"):
@@ -124,9 +148,9 @@ def status(
             str(row.start),
             str(row.end),
             "-" if row.committed is None else str(row.committed),
-            str(row.lag),
+            shown(row.lag, row.exact),
             "-" if row.landed_next is None else str(row.landed_next),
-            str(row.landed_lag),
+            shown(row.unlanded, row.exact),
         )
     if not rows:
         typer.echo("none of these topics exist: " + ", ".join(topic_list(topics)))

@@ -11,6 +11,10 @@ Exactly once per (topic, partition, offset) rests on three rules:
 3. Buffers never outlive ownership: on revoke every buffer of the revoked partitions is flushed (so the next
    owner starts past them), on a lost assignment they are dropped (the next owner reads them again), and a
    record of a partition no longer assigned, or below the recovery point, is ignored.
+
+Metrics (:class:`SinkMetrics`) follow the same accounting: a record counts as consumed once it is buffered,
+as landed once its file is committed (a file commit is the sink's transaction; a dropped buffer an aborted
+one), and lag is what librdkafka's statistics say, refreshed every few seconds without asking the broker.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 from confluent_kafka import (
@@ -33,10 +38,22 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+from prometheus_client import CollectorRegistry
 
 from omnistream.kafka import client_config, registry_client
+from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
 from omnistream.settings import Settings
-from omnistream.sink.avro import HEADER_SIZE, MAGIC, SchemaCache, UndecodableRecord
+from omnistream.sink.avro import (
+    CORRUPT_AVRO,
+    HEADER_SIZE,
+    MAGIC,
+    NOT_REPRESENTABLE,
+    NOT_WIRE_FORMAT,
+    UNKNOWN_SCHEMA,
+    UNSUPPORTED_SCHEMA,
+    SchemaCache,
+    UndecodableRecord,
+)
 from omnistream.sink.batch import build_batch
 from omnistream.sink.dlq import DeadLetterSender
 from omnistream.sink.layout import LandedFile, resume_offset
@@ -47,6 +64,13 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.5
 MAX_BATCH = 10_000
 FILE_METADATA_KEY = b"omnistream.landing"
+# How often librdkafka hands over its statistics, from which the lag gauges are set.
+LAG_REFRESH_MS = 5_000
+# The reason classes of dead letters: the first word of every reason the sink gives.
+REASON_CLASSES = frozenset(
+    {NOT_WIRE_FORMAT, UNKNOWN_SCHEMA, UNSUPPORTED_SCHEMA, CORRUPT_AVRO, NOT_REPRESENTABLE}
+)
+OFFSET_COMMIT_FAILED = "offset_commit"
 
 
 class LandingAheadError(RuntimeError):
@@ -108,6 +132,64 @@ class SinkStats:
     started: float = field(default_factory=time.monotonic)
 
 
+class SinkMetrics(PipelineMetrics):
+    """The landing sink's Prometheus metrics: the shared ones, its file commits, lag and buffers."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry, error_kinds=[OFFSET_COMMIT_FAILED])
+        self.transactions = transactions_counter(
+            self.registry,
+            "Landing files committed, and buffers dropped unlanded (a lost partition, a failed run).",
+        )
+        self.lag = gauge(
+            self.registry,
+            "sink_lag_records",
+            "Records in the partition the sink has not read yet: the consumer's last stable offset minus "
+            "its position (transaction markers are not lag), as of librdkafka's last statistics.",
+            ["topic", "partition"],
+        )
+        self.buffered = gauge(
+            self.registry,
+            "sink_buffered_records",
+            "Records read and held in memory until their file is committed, per topic.",
+            ["topic"],
+        )
+
+
+def reason_class(reason: str) -> str:
+    """The bounded class of a dead letter's reason: its first word, e.g. ``corrupt-avro``."""
+    head = reason.split(":", 1)[0]
+    return head if head in REASON_CLASSES else "other"
+
+
+def partition_lags(
+    stats: Mapping[str, Any], positions: Mapping[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """Records behind per owned partition, from librdkafka's statistics (``stats_cb`` JSON, parsed).
+
+    The end is the last stable offset (``read_committed``: records of open transactions are not readable
+    yet), the position the consumer's (``app_offset``, which steps over transaction markers); before the
+    first record it is ``positions``' entry (where the sink resumes), raised to the log start. A partition
+    the statistics do not know an end for yet is left out.
+    """
+    topics = stats.get("topics") or {}
+    out: dict[tuple[str, int], int] = {}
+    for (topic, partition), resume in positions.items():
+        p = ((topics.get(topic) or {}).get("partitions") or {}).get(str(partition))
+        if not p:
+            continue
+        end = p.get("ls_offset", -1)
+        if end < 0:
+            end = p.get("hi_offset", -1)
+        if end < 0:
+            continue
+        position = p.get("app_offset", -1)
+        if position < 0:
+            position = max(resume, p.get("lo_offset", -1))
+        out[(topic, partition)] = max(end - position, 0)
+    return out
+
+
 class LandingSink:
     """A member of the landing consumer group."""
 
@@ -118,11 +200,15 @@ class LandingSink:
         config: SinkConfig,
         *,
         cache: SchemaCache | None = None,
+        metrics: SinkMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.config = config
         self.cache = cache or SchemaCache(registry_client(settings))
+        self.metrics = metrics or SinkMetrics()
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._buffered_topics: set[str] = set()
         self.dead_letters = DeadLetterSender(settings)
         self.stats = SinkStats()
         self._stop = threading.Event()
@@ -150,6 +236,10 @@ class LandingSink:
                 "partition.assignment.strategy": "roundrobin",
                 # A regex subscription notices new topics this soon.
                 "topic.metadata.refresh.interval.ms": 10_000,
+                # Lag for the metrics, from what the consumer knows already (no requests to the broker).
+                "statistics.interval.ms": LAG_REFRESH_MS,
+                "stats_cb": self._on_stats,
+                "error_cb": self.metrics.kafka_error_callback("landing consumer", log),
             },
         )
 
@@ -190,6 +280,9 @@ class LandingSink:
         finally:
             if not clean:
                 # After a failure nothing more is written: whatever was buffered is read again on restart.
+                for buf in self._buffers.values():
+                    if buf.msgs:
+                        self.metrics.transactions.labels(ABORTED).inc()
                 self._buffers.clear()
             try:
                 consumer.close()
@@ -212,6 +305,9 @@ class LandingSink:
         buffers = self._buffers
         limit = self.config.flush_records
         drain = self.config.drain
+        # Records buffered per topic, added to the metric once per batch: a metric update per record
+        # would be a measurable share of the time.
+        consumed: dict[str, int] = {}
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -237,8 +333,11 @@ class LandingSink:
                     buf.range_start = offset
             buf.msgs.append(msg)
             buf.next_offset = offset + 1
+            consumed[buf.topic] = consumed.get(buf.topic, 0) + 1
             if len(buf.msgs) >= limit:
                 self._flush(buf)
+        for topic, count in consumed.items():
+            self.metrics.records_in.labels(topic).inc(count)
 
     def _on_error(self, msg: Message, err: KafkaError) -> None:
         code = err.code()
@@ -302,6 +401,12 @@ class LandingSink:
         self.stats.records += batch.table.num_rows
         self.stats.dead_letters += len(batch.rejected)
         self.stats.files += 1
+        metrics = self.metrics
+        metrics.records_out.labels(buf.topic).inc(batch.table.num_rows)
+        for rejected in batch.rejected:
+            metrics.dead_letters.labels(buf.topic, reason_class(rejected.reason)).inc()
+        metrics.transactions.labels(COMMITTED).inc()
+        metrics.last_commit.set_to_current_time()
         log.debug(
             "landed %s (%d rows, %d dead letters)", file.name, batch.table.num_rows, len(batch.rejected)
         )
@@ -319,10 +424,35 @@ class LandingSink:
             else:
                 self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
+            self.metrics.errors.labels(OFFSET_COMMIT_FAILED).inc()
             log.warning("could not commit the offset after %s (lag only): %s", file.name, exc)
 
     def _caught_up(self) -> bool:
         return bool(self._buffers) and all(key in self._eof for key in self._buffers)
+
+    def _on_stats(self, stats_json: str) -> None:
+        """librdkafka's statistics (every ``LAG_REFRESH_MS``, from ``consume``): lag and buffer gauges."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            log.debug("unreadable librdkafka statistics; lag not refreshed")
+            return
+        buffers = self._buffers
+        lags = partition_lags(stats, {key: buf.next_offset for key, buf in buffers.items()})
+        labels = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
+        for partition_label in self._lag_labels - labels.keys():
+            self.metrics.lag.remove(*partition_label)
+        for label, lag in labels.items():
+            self.metrics.lag.labels(*label).set(lag)
+        self._lag_labels = set(labels)
+        buffered: dict[str, int] = {}
+        for buf in buffers.values():
+            buffered[buf.topic] = buffered.get(buf.topic, 0) + len(buf.msgs)
+        for topic in self._buffered_topics - buffered.keys():
+            self.metrics.buffered.remove(topic)
+        for topic, count in buffered.items():
+            self.metrics.buffered.labels(topic).set(count)
+        self._buffered_topics = set(buffered)
 
     # -- rebalancing -----------------------------------------------------------------------------------
 
@@ -354,6 +484,7 @@ class LandingSink:
             self._buffers[(tp.topic, tp.partition)] = PartitionBuffer(
                 tp.topic, tp.partition, range_start=range_start, next_offset=resume or 0
             )
+            self.metrics.track_topics(tp.topic)
             self._eof.discard((tp.topic, tp.partition))
             log.info(
                 "assigned %s[%d], resuming at %s",
@@ -381,6 +512,7 @@ class LandingSink:
             buf = self._buffers.pop((tp.topic, tp.partition), None)
             self._eof.discard((tp.topic, tp.partition))
             if buf is not None and buf.msgs:
+                self.metrics.transactions.labels(ABORTED).inc()
                 log.warning(
                     "lost %s[%d]: dropping %d buffered record(s) for its next owner to land",
                     tp.topic,

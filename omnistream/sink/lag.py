@@ -1,8 +1,9 @@
-"""The landing sink's lag per partition: the topic's end offset minus the group's committed offset.
+"""The landing sink's lag per partition, in records: what the group has not committed, and what no file has.
 
 The committed offset is written after each file, so it trails the landing zone by at most the commits in
 flight. Beside it the status shows what the files themselves say (the next offset to land), which is what
-recovery goes by.
+recovery goes by. Both lags are counted as a ``read_committed`` consumer sees the topic (see
+:mod:`omnistream.inspect.records`): the transaction marker after the last landed record is no lag.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from omnistream.inspect.offsets import committed_offsets, lags, partition_offsets
-from omnistream.kafka import admin
+from omnistream.inspect.offsets import committed_offsets, partition_offsets
+from omnistream.inspect.records import RECORD_CAP, connect, count_records, range_after
 from omnistream.settings import Settings
 from omnistream.sink.layout import resume_offset
 from omnistream.sink.store import LandingStore
@@ -24,24 +25,41 @@ class SinkPartitionStatus:
     start: int
     end: int
     committed: int | None
-    lag: int
+    lag: int  # records after the committed offset (all of them if none is committed)
     landed_next: int | None  # the first offset no landing file covers yet
-
-    @property
-    def landed_lag(self) -> int:
-        """Offsets at the end of the topic no file covers yet."""
-        return max(self.end - (self.landed_next if self.landed_next is not None else self.start), 0)
+    unlanded: int  # records at or after landed_next (all of them if no file)
+    exact: bool = True  # False: lag and unlanded are upper bounds (see omnistream.inspect.records)
 
 
 def sink_status(
-    settings: Settings, group: str, topics: Iterable[str], store: LandingStore | None = None
+    settings: Settings,
+    group: str,
+    topics: Iterable[str],
+    store: LandingStore | None = None,
+    *,
+    cap: int = RECORD_CAP,
 ) -> list[SinkPartitionStatus]:
-    """End offset, committed offset and lag (end - committed) of every partition of ``topics``."""
-    client = admin(settings)
+    """End offset, committed offset, lag and unlanded records of every partition of ``topics``."""
+    client = connect(settings)
     offsets = partition_offsets(client, topics)
     committed = committed_offsets(client, group, [(p.topic, p.partition) for p in offsets])
-    rows = []
-    for p, lag in zip(offsets, lags(offsets, committed, group), strict=True):
+    plans = []
+    for p in offsets:
+        done = committed.get((p.topic, p.partition))
         landed = resume_offset(store.list_files(p.topic, p.partition)) if store is not None else None
-        rows.append(SinkPartitionStatus(p.topic, p.partition, p.start, p.end, lag.committed, lag.lag, landed))
-    return rows
+        plans.append((p, done, landed, range_after(p, done), range_after(p, landed)))
+    counts = count_records(settings, [r for *_, lag, unlanded in plans for r in (lag, unlanded)], cap=cap)
+    return [
+        SinkPartitionStatus(
+            p.topic,
+            p.partition,
+            p.start,
+            p.end,
+            done,
+            counts[lag].records,
+            landed,
+            counts[unlanded].records,
+            counts[lag].exact and counts[unlanded].exact,
+        )
+        for p, done, landed, lag, unlanded in plans
+    ]

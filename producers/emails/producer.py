@@ -16,6 +16,10 @@ A re-sent confirmation (same order, new Message-ID) is a separate email and is p
 keep the first record per order number. If the folder's UIDVALIDITY changes, its UIDs mean something else
 and the checkpoint is void: the folder is read again from UID 1, and the orders produced before reappear
 under their order numbers (with the new UIDVALIDITY), which downstream drops like any re-send.
+
+Metrics (:class:`EmailMetrics`) count what committed: emails fetched as records in, the orders and dead
+letters of committed transactions as records out and dead letters, and the backlog as the UIDs above the
+cursor that the last search found and no committed batch has covered yet.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.serialization import SerializationError
+from prometheus_client import CollectorRegistry
 
 from omnistream.dead_letter import DeadLetter
 from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
+from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
 from omnistream.settings import MailSettings, Settings
 from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS, dlq
 from producers.emails.checkpoint import Checkpoint, read_checkpoint
@@ -48,10 +54,34 @@ ORDER = "order"
 DEAD_LETTER_PAYLOAD_LIMIT = 512 * 1024
 DEAD_LETTER = "dead_letter"
 CHECKPOINT = "checkpoint"
+# Reason classes of dead letters (the metrics' label; the dead letter itself says precisely why).
+UNPARSEABLE = "unparseable"  # not a complete, consistent order confirmation
+SCHEMA_MISMATCH = "schema-mismatch"  # parsed, but does not fit schemas/store_order.avsc
+# Error kinds besides librdkafka's own (kafka_<code>).
+TRANSACTION_RETRY = "transaction_retry"  # a batch's transaction aborted and tried again
+COMMIT_RETRY = "commit_retry"  # a retriable commit error, committed again
+INIT_RETRY = "init_retry"  # a retriable error initialising transactions
+DELIVERY_FAILED = "delivery"  # a record's delivery report failed (its batch is aborted and retried)
 
 
 class FatalProducerError(RuntimeError):
     """The producer cannot go on; the message says what to fix. Nothing uncommitted is visible."""
+
+
+class EmailMetrics(PipelineMetrics):
+    """The email producer's Prometheus metrics: the shared ones, its transactions and the mailbox backlog."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry, error_kinds=[TRANSACTION_RETRY, COMMIT_RETRY, INIT_RETRY, DELIVERY_FAILED])
+        self.transactions = transactions_counter(
+            self.registry, "Kafka transactions (a batch of emails with its checkpoint) committed and aborted."
+        )
+        self.backlog = gauge(
+            self.registry,
+            "email_mailbox_backlog_messages",
+            "Emails above the committed checkpoint that the last search of the folder found and no committed "
+            "batch has produced yet.",
+        )
 
 
 @dataclass(frozen=True)
@@ -134,6 +164,7 @@ class _Record:
     topic: str
     key: bytes
     value: bytes
+    reason_class: str = ""  # dead letters only
 
 
 @dataclass
@@ -163,6 +194,7 @@ class EmailProducer:
     options: ProducerOptions = ProducerOptions()
     on_batch: Callable[[BatchReport, Progress], None] | None = None
     progress: Progress = field(default_factory=Progress)
+    metrics: EmailMetrics = field(default_factory=EmailMetrics)
 
     def __post_init__(self) -> None:
         self.reader = MailboxReader(
@@ -193,6 +225,7 @@ class EmailProducer:
     def start(self) -> None:
         """Topics and schemas in place, earlier instances fenced, the committed cursor read back."""
         self._started = time.monotonic()
+        self.metrics.track_topics(self.topics.orders)
         ensure_topics(self.settings, self.topics.specs())
         self._serde = EmailSerde.registered(
             registry_client(self.settings),
@@ -207,6 +240,7 @@ class EmailProducer:
                     "transactional.id": self.transactional_id,
                     "transaction.timeout.ms": self.options.transaction_timeout_ms,
                     "linger.ms": 5,  # a batch is committed right after it is produced; no point waiting
+                    "error_cb": self.metrics.kafka_error_callback("email producer", log),
                 },
             )
         )
@@ -261,10 +295,14 @@ class EmailProducer:
             try:
                 self._reconcile_uidvalidity(self.reader.uidvalidity)
                 uids = self.reader.new_uids(after=cursor.last_uid)
+                self.metrics.backlog.set(len(uids))
                 if not uids:
                     break
+                done = 0
                 for batch in _chunks(uids, self.options.batch_size):
                     self._run_batch(batch)
+                    done += len(batch)
+                    self.metrics.backlog.set(len(uids) - done)
                     if stop.is_set():
                         break
             except UidValidityChanged as exc:
@@ -314,6 +352,7 @@ class EmailProducer:
         if self.reader.uidvalidity != uidvalidity:
             # Reconnected mid-fetch into a renumbered folder: these UIDs are not the ones searched for.
             raise UidValidityChanged(uidvalidity, self.reader.uidvalidity)
+        self.metrics.records_in.labels(self.topics.orders).inc(len(emails))
         records = [self._record_for(fetched, uidvalidity) for fetched in emails]
         checkpoint = Checkpoint(
             mailbox=self.mailbox,
@@ -336,6 +375,10 @@ class EmailProducer:
             dead_lettered=sum(1 for r in records if r.kind == DEAD_LETTER),
             skipped=len(uids) - len(emails),
         )
+        self.metrics.records_out.labels(self.topics.orders).inc(report.produced)
+        for record in records:
+            if record.kind == DEAD_LETTER:
+                self.metrics.dead_letters.labels(self.topics.orders, record.reason_class).inc()
         self.progress.add(report)
         self.progress.seconds = time.monotonic() - self._started
         log.debug("committed UIDs %d-%d: %s", report.first_uid, report.last_uid, report)
@@ -400,7 +443,11 @@ class EmailProducer:
         # Keyed by Message-ID: the one id every email has (a synthetic one for the rare email without).
         key = message_id or f"{self.mailbox}#{uidvalidity}:{fetched.uid}"
         return _Record(
-            DEAD_LETTER, self.topics.dead_letters, key.encode(), self._require_serde().dead_letter(letter)
+            DEAD_LETTER,
+            self.topics.dead_letters,
+            key.encode(),
+            self._require_serde().dead_letter(letter),
+            UNPARSEABLE if isinstance(error, ParseError) else SCHEMA_MISMATCH,
         )
 
     # -- Kafka transactions ----------------------------------------------------------------------------
@@ -418,6 +465,7 @@ class EmailProducer:
                     or attempt == self.options.batch_attempts
                 ):
                     self._raise_classified(exc, "initialising transactions", abortable_ok=False)
+                self.metrics.errors.labels(INIT_RETRY).inc()
                 log.warning("initialising transactions: %s; trying again (attempt %d)", error, attempt)
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
 
@@ -437,6 +485,7 @@ class EmailProducer:
                 self._in_transaction = False
                 return
             except _AbortableError as exc:
+                self.metrics.errors.labels(TRANSACTION_RETRY).inc()
                 log.warning(
                     "transaction for %s failed (%s); aborting it and retrying (attempt %d of %d)",
                     what,
@@ -467,6 +516,7 @@ class EmailProducer:
         if err is not None:
             # The commit that follows fails for it, and the batch is aborted and retried as a whole.
             log.warning("delivery to %s failed: %s", msg.topic(), err)
+            self.metrics.errors.labels(DELIVERY_FAILED).inc()
             self._delivery_errors.append(err)
 
     def _commit(self) -> None:
@@ -484,9 +534,12 @@ class EmailProducer:
                     and not error.fatal()
                     and attempt < attempts
                 ):
+                    self.metrics.errors.labels(COMMIT_RETRY).inc()
                     log.warning("committing the transaction: %s; trying again", error)
                     continue
                 self._raise_classified(exc, "committing the transaction")
+            self.metrics.transactions.labels(COMMITTED).inc()
+            self.metrics.last_commit.set_to_current_time()
             if self._delivery_errors:  # cannot happen after a successful commit; checked all the same
                 raise FatalProducerError(
                     f"records failed delivery in a committed transaction: {self._delivery_errors}"
@@ -500,6 +553,8 @@ class EmailProducer:
         except KafkaException as exc:
             self._raise_classified(exc, f"aborting the transaction ({why})", abortable_ok=False)
         finally:
+            # Counted even when the abort request fails: the broker aborts it then (timeout or fencing).
+            self.metrics.transactions.labels(ABORTED).inc()
             self._in_transaction = False
 
     def _kafka(self, what: str, call: Callable[[Producer], Any], abortable_ok: bool = True) -> Any:

@@ -10,6 +10,9 @@ One snapshot, per entity:
 
 A snapshot that fails or is killed anywhere before step 3 has published only real entities and no
 tombstone; the next one starts over with a fresh full walk. A re-run with no change publishes nothing.
+
+Metrics (:class:`MasterDataMetrics`) count API items read as records in and what Kafka acknowledged as
+records out (entities and tombstones) and dead letters, per entity topic.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from confluent_kafka.schema_registry import (
 )
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from prometheus_client import CollectorRegistry
 
 from omnistream.dead_letter import DeadLetter, dead_letter_to_dict
 from omnistream.kafka import TopicSpec, ensure_topics, load_schema, producer_config
+from omnistream.metrics import PipelineMetrics, counter, gauge
 from omnistream.settings import Settings
 from omnistream.topics import dlq
 from producers.masterdata.client import API_PREFIX, ApiClient
@@ -50,6 +55,14 @@ REGISTRY_TIMEOUT_S = 15
 # the registry for topic associations first, which Confluent-compatible registries do not all serve.
 SERDE_CONF = {"subject.name.strategy": topic_subject_name_strategy}
 DEAD_LETTER_SCHEMA = "dead_letter"  # shared by every producer and sink
+# Reason classes of dead letters (the metrics' label; the dead letter itself says precisely why).
+INVALID_RECORD = "invalid-record"  # the item breaks the contract (no id, a value out of its range)
+SCHEMA_MISMATCH = "schema-mismatch"  # what fastavro refused: a value that does not fit the schema
+# Error kinds besides librdkafka's own (kafka_<code>).
+API_RETRY = "api_retry"  # an API request retried: 408, 429, 5xx, a connection error or a timeout
+DELIVERY_FAILED = "delivery"  # a record Kafka did not take (its snapshot fails)
+COMPLETE = "complete"
+FAILED = "failed"
 
 
 class SnapshotFailed(Exception):
@@ -58,6 +71,34 @@ class SnapshotFailed(Exception):
 
 class SchemaRejected(Exception):
     """The registry refused an entity's schema (most likely a change that is not BACKWARD compatible)."""
+
+
+class MasterDataMetrics(PipelineMetrics):
+    """The master-data producer's Prometheus metrics: the shared ones, tombstones and snapshots."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry, error_kinds=[API_RETRY, DELIVERY_FAILED])
+        self.tombstones = counter(
+            self.registry,
+            "masterdata_tombstones",
+            "Tombstones acknowledged by Kafka (also counted in records out), per topic.",
+            ["topic"],
+        )
+        self.snapshots = counter(
+            self.registry, "masterdata_snapshots", "Snapshots taken, by outcome.", ["outcome"]
+        )
+        for outcome in (COMPLETE, FAILED):
+            self.snapshots.labels(outcome)
+        self.last_snapshot = gauge(
+            self.registry,
+            "masterdata_last_snapshot_timestamp_seconds",
+            "Unix time the last complete snapshot finished: its topics mirrored the API then.",
+        )
+
+    def track_topics(self, *topics: str) -> None:
+        super().track_topics(*topics)
+        for topic in topics:
+            self.tombstones.labels(topic)
 
 
 @dataclass(frozen=True)
@@ -129,14 +170,25 @@ class _Channel:
 class MasterDataProducer:
     """Publishes snapshots of master-data collections; use as a context manager so it always flushes."""
 
-    def __init__(self, settings: Settings, client: ApiClient, options: SnapshotOptions | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        client: ApiClient,
+        options: SnapshotOptions | None = None,
+        metrics: MasterDataMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.client = client
         self.options = options or SnapshotOptions()
+        self.metrics = metrics or MasterDataMetrics()
         self._registry = SchemaRegistryClient({"url": settings.registry.url, "timeout": REGISTRY_TIMEOUT_S})
-        self._producer = Producer(producer_config(settings))
+        self._producer = Producer(
+            producer_config(settings, error_cb=self.metrics.kafka_error_callback("master-data producer", log))
+        )
         self._channels: dict[str, _Channel] = {}
         self._failures: list[str] = []
+        self._retries_counted = 0
+        self._unflushed = 0  # records produced since the last flush
 
     def __enter__(self) -> MasterDataProducer:
         return self
@@ -163,6 +215,7 @@ class MasterDataProducer:
             + [TopicSpec(dlq(t), parts) for t in topics.values()],
         )
         dead_letter_text = load_schema(DEAD_LETTER_SCHEMA)
+        self.metrics.track_topics(*topics.values())
         for spec in todo:
             topic = topics[spec.name]
             text = load_schema(spec.schema)
@@ -199,6 +252,20 @@ class MasterDataProducer:
         """One full snapshot of ``specs``, entity after entity; raises at the first entity that fails."""
         if not specs:
             raise ValueError("a snapshot needs at least one entity")
+        try:
+            report = self._snapshot(specs, on_progress, snapshot_at)
+        except BaseException:
+            self.metrics.snapshots.labels(FAILED).inc()
+            raise
+        finally:
+            self._count_api_retries()
+        self.metrics.snapshots.labels(COMPLETE).inc()
+        self.metrics.last_snapshot.set_to_current_time()
+        return report
+
+    def _snapshot(
+        self, specs: list[EntitySpec], on_progress: ProgressCallback | None, snapshot_at: datetime | None
+    ) -> SnapshotReport:
         self.client.check(specs[0].name)
         self.prepare(specs)
         at = (snapshot_at or datetime.now(UTC)).astimezone(UTC)
@@ -215,6 +282,13 @@ class MasterDataProducer:
         log.info("snapshot %s complete: %s", report.snapshot_id, _summary(report))
         return report
 
+    def _count_api_retries(self) -> None:
+        """Bring the retry counter up to the API client's own count (the client knows no metrics)."""
+        total = sum(self.client.stats.retries.values())
+        if total > self._retries_counted:
+            self.metrics.errors.labels(API_RETRY).inc(total - self._retries_counted)
+            self._retries_counted = total
+
     def _snapshot_entity(
         self, channel: _Channel, snapshot: SnapshotReport, report: EntityReport, notify: ProgressCallback
     ) -> None:
@@ -227,6 +301,8 @@ class MasterDataProducer:
         seen: set[str] = set()
         for page in self.client.walk(channel.spec.name, self.options.page_size):
             report.pages += 1
+            self.metrics.records_in.labels(channel.topic).inc(len(page.items))
+            self._count_api_retries()
             for item in page.items:
                 self._publish_item(channel, item, snapshot, state, seen, report)
             notify(report)
@@ -298,21 +374,46 @@ class MasterDataProducer:
             attributes={"entity": channel.spec.name, "snapshot_id": snapshot_id},
         )
         value = channel.dead_letters(letter, SerializationContext(target, MessageField.VALUE))
-        self._produce(target, raw_key, value)
+        reason = INVALID_RECORD if isinstance(exc, InvalidRecord) else SCHEMA_MISMATCH
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self._delivery_failed(err, msg)
+            else:
+                self.metrics.dead_letters.labels(channel.topic, reason).inc()
+
+        self._produce(target, raw_key, value, delivered)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, on_delivery=on_delivery or self._on_delivery)
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room, then try again.
                 self._producer.poll(0.5)
+        self._unflushed += 1
         self._producer.poll(0)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """An entity's or tombstone's delivery report."""
         if err is not None:
-            self._failures.append(f"{msg.topic()} key {msg.key()!r}: {err.str()}")
+            self._delivery_failed(err, msg)
+            return
+        topic: str = msg.topic()  # type: ignore[assignment]  # always set on a delivery report
+        self.metrics.records_out.labels(topic).inc()
+        if msg.value() is None:
+            self.metrics.tombstones.labels(topic).inc()
+
+    def _delivery_failed(self, err: KafkaError, msg: Message) -> None:
+        self.metrics.errors.labels(DELIVERY_FAILED).inc()
+        self._failures.append(f"{msg.topic()} key {msg.key()!r}: {err.str()}")
 
     def _flush(self, what: str) -> None:
         left = self._producer.flush(self.options.flush_timeout_s)
@@ -324,6 +425,9 @@ class MasterDataProducer:
                 + (f" (first: {failures[0]})" if failures else "")
                 + f"; is the broker at {self.settings.kafka.bootstrap_servers} up?"
             )
+        if self._unflushed:
+            self.metrics.last_commit.set_to_current_time()
+            self._unflushed = 0
 
 
 def _entity_summary(r: EntityReport) -> str:

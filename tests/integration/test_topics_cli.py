@@ -1,4 +1,8 @@
-"""``omnistream topics list | describe | tail`` on the real stack: offsets, group lag, decoded records."""
+"""``omnistream topics list | describe | tail`` on the real stack: offsets, records, lag, decoded records.
+
+Records here are written without transactions, so offsets and records agree; ``test_record_counts`` has
+the transactional topics where they do not.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def topic(stack_settings: Settings, unique: str) -> str:
 
 def test_list_shows_partitions_and_records(stack_settings: Settings, topic: str) -> None:
     (listed,) = _json_lines("topics", "list", "--match", topic, "--json")
-    assert listed == {"topic": topic, "partitions": 3, "records": 14}
+    assert listed == {"topic": topic, "partitions": 3, "offsets": 14, "records": 14, "exact": True}
     result = CliRunner().invoke(app, ["topics", "list", "--match", topic])
     assert result.exit_code == 0 and topic in result.stdout
 
@@ -59,13 +63,16 @@ def test_describe_shows_offsets_and_each_groups_lag(
     parts = {p["partition"]: p for p in described["partitions"]}
     assert sorted(parts) == [0, 1, 2]
     for p, end in ends.items():
-        assert (parts[p]["start"], parts[p]["end"], parts[p]["records"]) == (0, end, end)
+        assert (parts[p]["start"], parts[p]["end"], parts[p]["offsets"]) == (0, end, end)
+        assert (parts[p]["records"], parts[p]["exact"]) == (end, True)
     lags = {g["partition"]: g for g in described["groups"] if g["group"] == group}
     for p, end in ends.items():
-        assert (lags[p]["committed"], lags[p]["end"], lags[p]["lag"]) == (
+        assert (lags[p]["topic"], lags[p]["committed"], lags[p]["end"], lags[p]["lag"], lags[p]["exact"]) == (
+            topic,
             committed[p],
             end,
             end - committed[p],
+            True,
         )
 
     missing = CliRunner().invoke(app, ["topics", "describe", f"{topic}.absent"])
