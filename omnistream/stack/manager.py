@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omnistream.settings import Settings
+from omnistream.settings import SECRETS_FILE, Settings
 from omnistream.stack import process
 from omnistream.stack.install import install_jars, postgres_bin_dir
 from omnistream.stack.layout import Layout
+from omnistream.stack.secrets import ensure_local_secrets
 from omnistream.stack.services import SERVICE_NAMES, Postgres, Service, build_services
 from omnistream.supervise import config
 from omnistream.supervise.control import RUNNING_STATES, Supervisor
@@ -117,6 +118,9 @@ class Stack:
         began = time.monotonic()
         selected = self.select(names)
         self.install(progress)
+        drawn = ensure_local_secrets(self.settings)
+        if drawn:
+            progress(f"generated {', '.join(drawn)} into {self.layout.root / SECRETS_FILE} (mode 0600)")
         self.ensure_supervisor()
         report = UpReport()
         pending = {s.name: s for s in selected}

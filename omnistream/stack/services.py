@@ -135,21 +135,34 @@ class Postgres(Service):
             shutil.chown(cluster, self.run_as, self.run_as)
         cluster.chmod(0o700)
         initdb = postgres_bin_dir() / "initdb"
+        # The superuser's password from the start (generated with the stack's other secrets), so that
+        # no connection over TCP is ever trusted without one.
+        pwfile = cluster.parent / f".{cluster.name}.pw"
+        pwfile.write_text(self.settings.postgres.superuser_password.get_secret_value() + "\n")
+        pwfile.chmod(0o600)
+        if self.run_as:
+            shutil.chown(pwfile, self.run_as, self.run_as)
         cmd = [str(initdb), "-D", str(cluster), "-U", self.settings.postgres.superuser, "-E", "UTF8"]
-        cmd += ["--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256"]
+        cmd += ["--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         if self.run_as:
             cmd = ["runuser", "-u", self.run_as, "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        finally:
+            pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{result.stdout}{result.stderr}")
-        superuser = self.settings.postgres.superuser
-        # Loopback only. The superuser is trusted on loopback (this is a developer's private cluster);
-        # the shop's roles must present their passwords.
-        (cluster / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            f"host all {superuser} 127.0.0.1/32 trust\n"
-            "host all all 127.0.0.1/32 scram-sha-256\n"
-        )
+        self._write_hba()
+
+    def _write_hba(self) -> bool:
+        """Loopback only, and every role (the superuser too) presents its password over TCP. The Unix socket
+        lives in the cluster's own 0700 directory, so only its owner (and root) can reach it: trusted."""
+        hba = self.cluster_dir / "pg_hba.conf"
+        wanted = "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
+        if hba.read_text() == wanted:
+            return False
+        hba.write_text(wanted)
+        return True
 
     def launch(self) -> Launch:
         pg = self.settings.postgres
@@ -191,6 +204,15 @@ class Postgres(Service):
             "publication_literal": sql.Literal(pg.publication),
         }
         with self._connect() as conn:
+            if (self.cluster_dir / "PG_VERSION").exists():
+                # This stack's own cluster: one made before passwords were required over TCP gets the
+                # generated superuser password now, then the strict rules (a server elsewhere: untouched).
+                password = sql.Literal(pg.superuser_password.get_secret_value())
+                conn.execute(
+                    sql.SQL("alter role {} password {}").format(sql.Identifier(pg.superuser), password)
+                )
+                if self._write_hba():
+                    conn.execute("select pg_reload_conf()")
             conn.execute(sql.SQL((CONF_DIR / "postgres-bootstrap.sql").read_text()).format(**values))
             exists = conn.execute("select 1 from pg_database where datname = %s", [pg.database]).fetchone()
             if not exists:

@@ -7,6 +7,7 @@ its images, versions, ports and settings are compared with what the local stack 
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -18,6 +19,15 @@ import yaml
 
 from omnistream.settings import Settings
 from omnistream.stack.versions import PROJECT_ROOT, version
+
+
+COMPOSE_SECRETS = (
+    "POSTGRES_PASSWORD",
+    "SHOP_APP_PASSWORD",
+    "DEBEZIUM_PASSWORD",
+    "MAILBOX_PASSWORD",
+    "API_TOKEN",
+)
 
 
 def compose_command() -> list[str]:
@@ -34,6 +44,7 @@ def compose_command() -> list[str]:
 def resolved(profiles: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     env["COMPOSE_PROFILES"] = profiles
+    env.update(dict.fromkeys(COMPOSE_SECRETS, "from-the-environment"))
     result = subprocess.run(
         [*compose_command(), "-f", "docker-compose.yml", "config"],
         cwd=PROJECT_ROOT,
@@ -127,7 +138,7 @@ def test_every_omnistream_command_in_the_file_exists(compose: dict[str, Any]) ->
     for name, service in compose["services"].items():
         if service.get("image") != "omnistream:local" or service.get("entrypoint"):
             continue
-        words = [w for w in service["command"] if not w.startswith("-")][:2]
+        words = list(itertools.takewhile(lambda w: not w.startswith("-"), service["command"]))[:3]
         cmd = [sys.executable, "-m", "omnistream", *words, "--help"]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{name}: omnistream {' '.join(words)}: {result.stdout}{result.stderr}"
@@ -173,3 +184,22 @@ def test_compose_commands_are_the_supervised_programs_commands(compose: dict[str
         assert [w for w in theirs if w.startswith("-") or w.isalpha()] == [
             w for w in ours if w.startswith("-") or w.isalpha()
         ], name
+
+
+def test_compose_requires_every_secret_and_names_the_missing_one() -> None:
+    """No password has a default in the file: an unset one stops compose with its name."""
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    for secret in COMPOSE_SECRETS:
+        assert f"${{{secret}:?" in text and f"${{{secret}:-" not in text, secret
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS and not k.startswith("COMPOSE_")}
+    env.update(dict.fromkeys(COMPOSE_SECRETS[1:], "set"))
+    result = subprocess.run(
+        [*compose_command(), "-f", "docker-compose.yml", "config"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD" in result.stderr

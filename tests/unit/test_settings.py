@@ -56,3 +56,29 @@ def test_every_server_version_is_pinned_once() -> None:
 def test_python_servers_are_pinned_to_the_same_version_as_in_dotenv() -> None:
     pyproject = (VERSIONS_FILE.parent / "pyproject.toml").read_text()
     assert f'"gcp-storage-emulator=={version("GCS_EMULATOR")}"' in pyproject
+
+
+def test_no_secret_has_a_default_and_the_local_stack_generates_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from omnistream.settings import LOCAL_SECRETS
+    from omnistream.stack.secrets import ensure_local_secrets
+
+    for section, key in LOCAL_SECRETS:
+        monkeypatch.delenv(f"OMNISTREAM_{section.upper()}__{key.upper()}", raising=False)
+    monkeypatch.setenv("OMNISTREAM_API__TOKEN", "from-the-environment")
+    settings = Settings(stack={"state_dir": tmp_path})
+    assert settings.postgres.app_password.get_secret_value() == ""
+    drawn = ensure_local_secrets(settings)
+    assert sorted(drawn) == sorted(f"{s}.{k}" for s, k in LOCAL_SECRETS if (s, k) != ("api", "token"))
+    path = tmp_path / "secrets.json"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    password = settings.postgres.app_password.get_secret_value()
+    assert len(password) >= 20
+    again = Settings(stack={"state_dir": tmp_path})  # another process of the same stack
+    assert again.postgres.app_password.get_secret_value() == password
+    assert again.api.token.get_secret_value() == "from-the-environment"  # the environment wins
+    assert ensure_local_secrets(again) == []
+    other = Settings(stack={"state_dir": tmp_path / "other"})
+    ensure_local_secrets(other)
+    assert other.postgres.app_password.get_secret_value() != password  # drawn per stack
