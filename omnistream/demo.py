@@ -1,7 +1,7 @@
 """The main job on the local stack: every source, through Kafka and the landing zone, into the marts.
 
 Each step runs the same ``omnistream`` command a user would, as a subprocess, and shows its progress.
-The report reconciles the marts with the simulators' ground-truth manifests, to the cent.
+The report reconciles the marts with the simulators' ground truth, to the cent (omnistream/reconcile.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import Any
 import duckdb
 import psycopg
 
+from omnistream.reconcile import reconcile
 from omnistream.settings import Settings
 from omnistream.stack.manager import Stack
 from omnistream.warehouse.dbt import DbtRun, default_duckdb_path, run_dbt
-from simulators.manifest import read_totals
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class Demo:
         began = time.monotonic()
         run_dbt(["build"], DbtRun(), self.settings)
         self.report.seconds["dbt build"] = time.monotonic() - began
-        self.collect(sims)
+        self.collect()
         return self.report
 
     def wait_for_cdc(self, timeout_s: float = 120) -> None:
@@ -166,7 +165,7 @@ class Demo:
             f"Debezium did not catch up within {timeout_s:.0f}s; see `omnistream connect status`"
         )
 
-    def collect(self, sims: Path) -> None:
+    def collect(self) -> None:
         con = duckdb.connect(str(default_duckdb_path(self.settings)), read_only=True)
         try:
             marts = con.execute(
@@ -179,10 +178,6 @@ class Demo:
             daily_sales = next(
                 f'"{schema}"."{table}"' for schema, table in marts if table == "fct_daily_sales"
             )
-            daily = con.execute(
-                "select channel, store_id, cast(order_date as varchar), order_count, gross_amount "
-                f"from {daily_sales}"
-            ).fetchall()
             by_channel = (
                 f"select channel, sum(gross_amount) from {daily_sales} group by channel order by channel"
             )
@@ -196,8 +191,9 @@ class Demo:
             rows = files.execute(f"select count(*) from read_parquet('{topic_dir}/**/*.parquet')").fetchone()
             self.report.landed_rows[topic_dir.name] = rows[0] if rows else 0
         self.latency(files, landing)
-        manifests = [sims / name / "manifest.json" for name in ("history", "orders", "emails")]
-        self.reconcile(daily, manifests)
+        result = reconcile(self.settings)
+        self.report.mismatches = [m.describe() for m in result.mismatches]
+        self.report.reconciled_keys = result.keys_compared
 
     def latency(self, files: duckdb.DuckDBPyConnection, landing: Path) -> None:
         """Postgres commit → Kafka append, from the landed CDC records' own timestamps."""
@@ -212,19 +208,6 @@ class Demo:
         ).fetchone()
         if row and row[0] is not None:
             self.report.latency_ms = {"p50": float(row[0]), "p95": float(row[1])}
-
-    def reconcile(self, daily: list[tuple[Any, ...]], manifests: list[Path]) -> None:
-        expected: dict[tuple[str, str | None, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
-        for path in manifests:
-            for key, totals in read_totals(path).items():
-                expected[key][0] += totals["orders"]
-                expected[key][1] += totals["gross"]
-        actual = {(c, s, d): [n, Decimal(g)] for c, s, d, n, g in daily}
-        for key in sorted(set(expected) | set(actual), key=lambda k: (k[0], k[1] or "", k[2])):
-            want, got = expected.get(key), actual.get(key)
-            if want != got:
-                self.report.mismatches.append(f"{key}: manifest {want}, marts {got}")
-        self.report.reconciled_keys = len(expected)
 
 
 def report_lines(report: DemoReport) -> list[str]:

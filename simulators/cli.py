@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,17 +111,45 @@ def simulate_history(
     )
 
 
+FOREVER = "0 = until stopped by SIGTERM or SIGINT, which ends it between two operations"
+
+
+def _check_bounded(rate: float, count: int | None) -> None:
+    if rate <= 0 and count is None:
+        raise typer.BadParameter("an unthrottled run (--rate 0) needs --count", param_hint="--count")
+
+
+def _run_simulator(run: Callable[[], Path]) -> None:
+    """Run a journalled simulator; say what to fix if it cannot start or its server stays away."""
+    try:
+        path = run()
+    except RuntimeError as exc:  # another run holds the out dir, or the out dir is another target's
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ConnectionError as exc:  # the server stayed unreachable past the retries
+        typer.echo(f"error: {exc}; the journal covers everything committed before it", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"manifest {path}")
+
+
 @simulate_app.command("orders")
 def simulate_orders_command(
-    seed: int = SEED,
+    seed: int = typer.Option(
+        42, "--seed", help="Same seed, same data; the n-th run in an out dir plays seed+n."
+    ),
     rate: float = typer.Option(5.0, "--rate", help="New orders per second; 0 = unthrottled (needs --count)."),
-    duration: float = typer.Option(60.0, "--duration", min=0.0, help="Seconds to write new orders for."),
+    duration: float = typer.Option(
+        60.0, "--duration", min=0.0, help=f"Seconds to write new orders for; {FOREVER}."
+    ),
     count: int | None = typer.Option(None, "--count", min=0, help="New orders (overrides rate x duration)."),
     schema: str = typer.Option("shop", "--schema", help="Postgres schema to write into."),
     schema_only: bool = typer.Option(False, "--schema-only", help="Create the tables, write no orders."),
     out: Path | None = OUT,
 ) -> None:
-    """Write online orders into PostgreSQL and move them through their lifecycle."""
+    """Write online orders into PostgreSQL and move them through their lifecycle.
+
+    Each run journals what PostgreSQL committed in <out>/runs/; <out>/manifest.json sums up every run.
+    """
     from simulators.orders import OrdersConfig, simulate_orders
 
     if schema_only:
@@ -132,16 +161,19 @@ def simulate_orders_command(
             ensure_shop_schema(conn, schema=schema)
         return
 
+    _check_bounded(rate, count)
     config = OrdersConfig(seed=seed, rate=rate, duration=duration, count=count, schema=schema)
-    path = simulate_orders(get_settings().postgres.app_dsn(), config, out_dir(out, "orders"))
-    typer.echo(f"manifest {path}")
+    dsn = get_settings().postgres.app_dsn()
+    _run_simulator(lambda: simulate_orders(dsn, config, out_dir(out, "orders")))
 
 
 @simulate_app.command("emails")
 def simulate_emails_command(
-    seed: int = SEED,
+    seed: int = typer.Option(
+        42, "--seed", help="Same seed, same data; the n-th run in an out dir plays seed+n."
+    ),
     rate: float = typer.Option(5.0, "--rate", help="Emails per second; 0 = unthrottled (needs --count)."),
-    duration: float = typer.Option(60.0, "--duration", min=0.0, help="Seconds to send for."),
+    duration: float = typer.Option(60.0, "--duration", min=0.0, help=f"Seconds to send for; {FOREVER}."),
     count: int | None = typer.Option(None, "--count", min=0, help="Emails (overrides rate x duration)."),
     anomaly_share: float = typer.Option(
         0.05,
@@ -150,13 +182,22 @@ def simulate_emails_command(
         max=1.0,
         help="Share of emails that are anomalies: duplicates, QP/base64, non-ASCII, malformed; a sixth each.",
     ),
-    start_number: int = typer.Option(1, "--start-number", min=1, help="First order number of every store."),
+    start_number: int = typer.Option(
+        1,
+        "--start-number",
+        min=1,
+        help="Lowest first order number of every store (a run continues after the earlier runs' numbers).",
+    ),
     to: str | None = typer.Option(None, "--to", help="Recipient (default: the confirmations mailbox)."),
     out: Path | None = OUT,
 ) -> None:
-    """Send in-store order-confirmation emails over SMTP, one per purchase at a branch store."""
+    """Send in-store order-confirmation emails over SMTP, one per purchase at a branch store.
+
+    Each run journals what the server accepted in <out>/runs/; <out>/manifest.json sums up every run.
+    """
     from simulators.email_sender import EmailsConfig, simulate_emails
 
+    _check_bounded(rate, count)
     config = EmailsConfig(
         seed=seed,
         rate=rate,
@@ -166,5 +207,5 @@ def simulate_emails_command(
         start_number=start_number,
         recipient=to,
     )
-    path = simulate_emails(get_settings().mail, config, out_dir(out, "emails"))
-    typer.echo(f"manifest {path}")
+    mail = get_settings().mail
+    _run_simulator(lambda: simulate_emails(mail, config, out_dir(out, "emails")))

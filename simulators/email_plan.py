@@ -5,7 +5,11 @@ and the anomaly of each email. Only the purchase time is left open; it is the re
 
 Anomalies are exact, not sampled: ``round(share x count)`` emails are anomalous, at positions drawn by the
 seed, the kinds dealt out in turn so each kind gets within one of the others. The first email is always an
-ordinary one, so a duplicate always has an original to repeat.
+ordinary one, so a duplicate always has an original to repeat. A plan without end (no count) deals its
+anomalies the same way in blocks of ``ANOMALY_BLOCK`` emails, each block exact.
+
+Order numbers run per store from a first number (1 unless given; a later run continues a series after the
+highest number the earlier ones used, since downstream an order number is an order's identity).
 
 Kinds:
 
@@ -24,9 +28,10 @@ them.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -38,6 +43,7 @@ ENCODING_OF_KIND = {"quoted_printable": "quoted-printable", "base64": "base64"}
 DEFAULT_ENCODING = "8bit"
 # A store re-sends one of its last few confirmations, never one from long ago.
 DUPLICATE_WINDOW = 50
+ANOMALY_BLOCK = 1000
 WALK_IN_SHARE = 0.4
 PAYMENT_METHODS = (("card", 0.55), ("contactless", 0.20), ("cash", 0.20), ("gift card", 0.05))
 MAX_LINES = 6
@@ -112,12 +118,16 @@ def order_number(store_id: str, number: int) -> str:
     return f"{store_id}-{number:06d}"
 
 
-def anomaly_slots(seed: int, count: int, share: float) -> dict[int, str]:
-    """Email position → anomaly kind for ``round(share x count)`` positions (never position 0)."""
+def anomaly_slots(seed: int, count: int, share: float, block: int = 0) -> dict[int, str]:
+    """Email position → anomaly kind for ``round(share x count)`` positions (never position 0).
+
+    ``block`` > 0: the positions of that block of an endless plan, relative to the block's start (its first
+    position can be an anomaly too: there are earlier emails to repeat).
+    """
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"anomaly share must be within [0, 1], not {share}")
-    rng = random.Random(f"anomalies:{seed}")
-    positions = list(range(1, count))
+    rng = random.Random(f"anomalies:{seed}" if block == 0 else f"anomalies:{seed}:{block}")
+    positions = list(range(1 if block == 0 else 0, count))
     k = min(round(share * count), len(positions))
     for i in range(k):  # a partial Fisher-Yates shuffle: the first k are a uniform sample
         j = i + min(int(rng.random() * (len(positions) - i)), len(positions) - i - 1)
@@ -131,21 +141,35 @@ class EmailPlanner:
     def __init__(
         self,
         seed: int,
-        count: int,
+        count: int | None,
         anomaly_share: float,
         start_number: int = 1,
         reference: Reference | None = None,
+        start_numbers: Mapping[str, int] | None = None,
     ) -> None:
+        """``count`` None: without end; ``start_numbers``: first number per store (else ``start_number``)."""
+        self._seed = seed
         self._rng = random.Random(seed)
         self._reference = reference or build_reference(seed)
         self._count = count
-        self._slots = anomaly_slots(seed, count, anomaly_share)
-        self._next_number = {store.store_id: start_number for store in self._reference.stores}
+        self._share = anomaly_share
+        anomaly_slots(seed, 0, anomaly_share)  # refuse a share out of range now, not at the first email
+        starts = start_numbers or {}
+        self._next_number = {s.store_id: starts.get(s.store_id, start_number) for s in self._reference.stores}
         self._recent: deque[PlannedEmail] = deque(maxlen=DUPLICATE_WINDOW)
 
+    def _anomalies(self) -> Iterator[str | None]:
+        """The anomaly kind (or None) of each email in turn."""
+        if self._count is not None:
+            slots = anomaly_slots(self._seed, self._count, self._share)
+            yield from (slots.get(seq) for seq in range(self._count))
+            return
+        for block in itertools.count():
+            slots = anomaly_slots(self._seed, ANOMALY_BLOCK, self._share, block)
+            yield from (slots.get(i) for i in range(ANOMALY_BLOCK))
+
     def emails(self) -> Iterator[PlannedEmail]:
-        for seq in range(self._count):
-            kind = self._slots.get(seq)
+        for seq, kind in enumerate(self._anomalies()):
             if kind == "duplicate":
                 original = self._recent[self._draw(len(self._recent))]
                 yield PlannedEmail(

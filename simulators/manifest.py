@@ -4,6 +4,11 @@ A manifest is a JSON file with one row per (channel, store_id, day) holding orde
 exact money sums (net = sum of line totals, tax, gross = net + tax), plus free-form ``facts`` (ids, anomaly
 counts, ...). Days are UTC calendar days of the order's timestamp. Money is kept as ``Decimal`` and
 written as strings, never floats.
+
+The order and email simulators keep their truth in journals (simulators/runs.py), one line per committed
+operation, each line's change to the totals in its ``truth`` field (``truth_change``); their manifest is a
+summary of every journal in the out dir and says so in ``journals`` (run id → lines), so that
+reconciliation (omnistream/reconcile.py) counts the journals and not the summary as well.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from omnistream.reconcile import manifest_totals, truth_of
 
 CHANNELS = ("online", "in_store")
 
@@ -39,6 +46,8 @@ class Manifest:
         default_factory=lambda: defaultdict(DayTotals)
     )
     facts: dict[str, Any] = field(default_factory=dict)
+    # Run id → journal lines this manifest sums up; empty for a manifest that is the truth itself.
+    journals: dict[str, int] = field(default_factory=dict)
 
     def add_order(
         self, channel: str, store_id: str | None, day: date, lines: int, net: Decimal, tax: Decimal
@@ -61,6 +70,20 @@ class Manifest:
         row.net -= net
         row.tax -= tax
 
+    def apply(self, record: dict[str, Any]) -> None:
+        """Add a journal record's change to the totals (none for most kinds of record)."""
+        change = truth_of(record)
+        if change is None:
+            return
+        (channel, store_id, day), delta = change
+        if channel not in CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+        row = self.totals[(channel, store_id, date.fromisoformat(day))]
+        row.orders += delta.orders
+        row.lines += delta.lines
+        row.net += delta.net
+        row.tax += delta.tax
+
     def to_json(self) -> dict[str, Any]:
         rows = [
             {
@@ -78,13 +101,16 @@ class Manifest:
             )
             if t.orders
         ]
-        return {
+        data: dict[str, Any] = {
             "source": self.source,
             "seed": self.seed,
             "written_at": datetime.now().astimezone().isoformat(),
             "totals": rows,
             "facts": self.facts,
         }
+        if self.journals:
+            data["journals"] = self.journals
+        return data
 
     def write(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,16 +120,26 @@ class Manifest:
         return path
 
 
+def truth_change(
+    channel: str, store_id: str | None, day: date, lines: int, net: Decimal, tax: Decimal, sign: int = 1
+) -> dict[str, Any]:
+    """A journal record's ``truth`` field: one order more (``sign`` 1) or one less (-1) on its day."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+    return {
+        "channel": channel,
+        "store_id": store_id,
+        "day": day.isoformat(),
+        "orders": sign,
+        "lines": sign * lines,
+        "net": str(sign * net),
+        "tax": str(sign * tax),
+    }
+
+
 def read_totals(path: Path) -> dict[tuple[str, str | None, str], dict[str, Any]]:
     """Load a manifest's totals keyed by (channel, store_id, day), money as Decimal."""
-    data = json.loads(path.read_text())
-    out: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-    for row in data["totals"]:
-        out[(row["channel"], row["store_id"], row["day"])] = {
-            "orders": row["orders"],
-            "lines": row["lines"],
-            "net": Decimal(row["net"]),
-            "tax": Decimal(row["tax"]),
-            "gross": Decimal(row["gross"]),
-        }
-    return out
+    return {
+        key: {"orders": t.orders, "lines": t.lines, "net": t.net, "tax": t.tax, "gross": t.gross}
+        for key, t in manifest_totals(json.loads(path.read_text())).items()
+    }

@@ -1,9 +1,11 @@
 """What the web shop does, decided ahead of the database: new orders and their lifecycle, fixed by the seed.
 
-The plan is a pure function of the seed and the number of new orders. Orders are referred to by their
-position in the plan (``ref``, 0 for the first new order), never by the database's identity value, so the same
-seed gives the same operations whatever the table already holds. Only ``random.random()`` is used: its
-sequence for a seed is the one part of the ``random`` module Python promises to keep.
+The plan is a pure function of the seed and the number of new orders (or none: a plan can go on without end,
+and a longer plan starts with a shorter one). Orders are referred to by their position in the plan (``ref``,
+0 for the first new order), never by the database's identity value, so the same seed gives the same
+operations whatever the table already holds, and a plan only ever moves orders it created itself. Only
+``random.random()`` is used: its sequence for a seed is the one part of the ``random`` module Python promises
+to keep.
 
 Lifecycle: pending → paid → shipped → delivered; pending or paid → cancelled; delivered → refunded; any
 order can be hard-deleted (a GDPR erasure or an operator's clean-up).
@@ -11,6 +13,7 @@ order can be hard-deleted (a GDPR erasure or an operator's clean-up).
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,9 +146,12 @@ class OrderPlanner:
         self._status: dict[int, str] = {}
         self._next_ref = 0
 
-    def operations(self, new_orders: int) -> Iterator[list[Operation]]:
-        """One batch per new order: the order itself, then the lifecycle operations that follow it."""
-        for _ in range(new_orders):
+    def operations(self, new_orders: int | None) -> Iterator[list[Operation]]:
+        """One batch per new order: the order itself, then the lifecycle operations that follow it.
+
+        ``new_orders`` None: without end.
+        """
+        for _ in range(new_orders) if new_orders is not None else itertools.count():
             batch: list[Operation] = [self._new_order()]
             for _ in range(self._draw(MAX_FOLLOW_UPS + 1)):
                 op = self._follow_up()

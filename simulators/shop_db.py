@@ -1,10 +1,14 @@
-"""The online shop's database: its schema and the statements the web shop runs against it."""
+"""The online shop's database: its schema and the statements the web shop runs against it.
+
+The write statements run inside a transaction of the caller's, which decides when it commits.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -17,10 +21,12 @@ SHOP_SCHEMA = "shop"
 # Serialises concurrent schema set-ups (the stack and a simulator starting together).
 _DDL_LOCK_KEY = "omnistream.ensure_shop_schema"
 
+# Each write returns the id of its transaction, so that a commit cut off by a lost connection can be looked
+# up afterwards (``transaction_status``) instead of being guessed at.
 INSERT_ORDER = """
 insert into orders (customer_id, status, currency, subtotal, tax, total)
 values (%s, 'pending', %s, %s, %s, %s)
-returning order_id, created_at
+returning order_id, created_at, pg_current_xact_id()::text
 """
 INSERT_ITEM = """
 insert into order_items (order_id, line_number, sku, quantity, unit_price, line_total)
@@ -30,9 +36,10 @@ values (%s, %s, %s, %s, %s, %s)
 UPDATE_STATUS = """
 update orders set status = %s, updated_at = now()
 where order_id = %s and status = %s
-returning updated_at
+returning updated_at, pg_current_xact_id()::text
 """
-DELETE_ORDER = "delete from orders where order_id = %s returning now()"
+DELETE_ORDER = "delete from orders where order_id = %s returning now(), pg_current_xact_id()::text"
+TRANSACTION_STATUS = "select pg_xact_status(%s::xid8)"
 
 
 class ShopWriteError(RuntimeError):
@@ -68,38 +75,45 @@ def use_schema(conn: psycopg.Connection, schema: str) -> None:
     conn.commit()
 
 
-def insert_order(conn: psycopg.Connection, order: NewOrder) -> tuple[int, datetime]:
-    """Insert ``order`` and its lines in one transaction; returns (order_id, created_at)."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(INSERT_ORDER, (order.customer_id, order.currency, order.subtotal, order.tax, order.total))
-        row = cur.fetchone()
-        assert row is not None  # an INSERT … RETURNING always returns its row
-        order_id, created_at = row
-        cur.executemany(
-            INSERT_ITEM,
-            [
-                (order_id, line.line_number, line.sku, line.quantity, line.unit_price, line.line_total)
-                for line in order.lines
-            ],
-        )
-    return order_id, created_at
+def insert_order(cur: psycopg.Cursor[Any], order: NewOrder) -> tuple[tuple[int, datetime], str]:
+    """Insert ``order`` and its lines in the caller's transaction; returns ((order_id, created_at), xid)."""
+    cur.execute(INSERT_ORDER, (order.customer_id, order.currency, order.subtotal, order.tax, order.total))
+    row = cur.fetchone()
+    assert row is not None  # an INSERT … RETURNING always returns its row
+    order_id, created_at, xid = row
+    cur.executemany(
+        INSERT_ITEM,
+        [
+            (order_id, line.line_number, line.sku, line.quantity, line.unit_price, line.line_total)
+            for line in order.lines
+        ],
+    )
+    return (order_id, created_at), xid
 
 
-def change_status(conn: psycopg.Connection, order_id: int, from_status: str, to_status: str) -> datetime:
-    """Move an order from ``from_status`` to ``to_status``; returns the new updated_at."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(UPDATE_STATUS, (to_status, order_id, from_status))
-        row = cur.fetchone()
+def change_status(
+    cur: psycopg.Cursor[Any], order_id: int, from_status: str, to_status: str
+) -> tuple[datetime, str]:
+    """Move an order from ``from_status`` to ``to_status`` in the caller's transaction; (updated_at, xid)."""
+    cur.execute(UPDATE_STATUS, (to_status, order_id, from_status))
+    row = cur.fetchone()
     if row is None:
         raise ShopWriteError(f"order {order_id} is not {from_status!r}; cannot move it to {to_status!r}")
-    return row[0]
+    return row[0], row[1]
 
 
-def delete_order(conn: psycopg.Connection, order_id: int) -> datetime:
-    """Hard-delete an order (its lines cascade); returns the time of the deleting transaction."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute(DELETE_ORDER, (order_id,))
-        row = cur.fetchone()
+def delete_order(cur: psycopg.Cursor[Any], order_id: int) -> tuple[datetime, str]:
+    """Hard-delete an order (its lines cascade) in the caller's transaction; (transaction time, xid)."""
+    cur.execute(DELETE_ORDER, (order_id,))
+    row = cur.fetchone()
     if row is None:
         raise ShopWriteError(f"order {order_id} does not exist; cannot delete it")
-    return row[0]
+    return row[0], row[1]
+
+
+def transaction_status(conn: psycopg.Connection, xid: str) -> str | None:
+    """``committed``, ``aborted`` or ``in progress`` for a recent transaction id; None if too old to tell."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(TRANSACTION_STATUS, (xid,))
+        row = cur.fetchone()
+    return None if row is None else row[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import json
 import re
+import signal
 import time
 import uuid
 from collections import Counter
@@ -25,15 +26,19 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from imapclient import IMAPClient
+from outage_relay import OutageRelay
 from pydantic import SecretStr
+from simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 from typer.testing import CliRunner
 
+from omnistream.reconcile import journal_paths, read_journal, source_truth
 from omnistream.settings import MailSettings, Settings, get_settings
 from simulators.cli import simulate_app
 from simulators.email_plan import ANOMALY_KINDS
-from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
+from simulators.email_sender import MANIFEST_NAME, EmailsConfig, highest_numbers, send_emails
 from simulators.manifest import read_totals
 from simulators.reference import build_reference, money
+from simulators.runs import EarlierRuns
 from simulators.store_money import parse_money
 
 pytestmark = pytest.mark.integration
@@ -289,3 +294,195 @@ def test_cli_sends_clean_emails_at_the_rate(
     assert {encoding_of(m) for m in messages} == {"8bit"}
     locales = {store.store_id: store.locale for store in build_reference(4).stores}
     assert totals_of([parse_body(text_of(m), locales) for m in messages]) == read_totals(manifest)
+
+
+# -- runs under a supervisor: SIGTERM, kill -9 and restarts, outages ---------------------------------------
+
+
+def start_emails(out: Path, mail: MailSettings, log: Path, env: dict[str, str] | None = None) -> Any:
+    args = ["simulate", "emails", "--seed", "7", "--rate", "20", "--duration", "0", "--anomaly-share", "0.1"]
+    return start([*args, "--to", mail.mailbox_address, "--out", str(out)], log, env)
+
+
+def fetch_ids(mail: MailSettings, wanted: set[str], deadline_s: float = 60.0) -> list[EmailMessage]:
+    """Every message in the mailbox once all of ``wanted`` (Message-IDs) have arrived."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        with IMAPClient(mail.host, mail.imap_port, ssl=False, timeout=30) as imap:
+            imap.login(mail.mailbox_user, mail.mailbox_password.get_secret_value())
+            imap.select_folder("INBOX", readonly=True)
+            uids = imap.search("ALL")
+            raw = imap.fetch(uids, ["RFC822"]) if uids else {}
+        messages = [email.message_from_bytes(raw[uid][b"RFC822"], policy=policy.default) for uid in uids]
+        missing = wanted - {str(m["Message-ID"]) for m in messages}
+        if not missing:
+            return messages
+        assert time.monotonic() < deadline, (
+            f"{len(missing)} accepted emails never arrived: {sorted(missing)[:3]}"
+        )
+        time.sleep(0.5)
+
+
+def journal_truth(out: Path) -> dict[tuple[str, str | None, str], dict[str, Any]]:
+    """The journals' truth, read the way reconciliation reads it, in ``totals_of``'s shape."""
+    return {
+        key: {"orders": t.orders, "lines": t.lines, "net": t.net, "tax": t.tax, "gross": t.gross}
+        for key, t in source_truth(out).totals.items()
+    }
+
+
+def mailbox_truth(messages: list[EmailMessage], seed: int, leave_out: set[str] = frozenset()) -> Any:
+    """The first well-formed email of each order number, totalled (as staging dedups them)."""
+    locales = {store.store_id: store.locale for store in build_reference(seed).stores}
+    first: dict[str, ParsedOrder] = {}
+    for msg in messages:
+        if str(msg["Message-ID"]) in leave_out:
+            continue
+        try:
+            order = parse_body(text_of(msg), locales)
+        except Malformed:
+            continue
+        first.setdefault(order.order_number, order)
+    return totals_of(list(first.values()))
+
+
+def outcomes(records: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """Message-IDs accepted, and reserved with no outcome (in doubt)."""
+    accepted = {r["message_id"] for r in records if r["type"] == "email"}
+    settled = {r["seq"] for r in records if r["type"] in ("email", "unsent")}
+    doubt = {r["message_id"] for r in records if r["type"] == "sending" and r["seq"] not in settled}
+    return accepted, doubt
+
+
+def test_sigterm_stops_between_emails_and_the_journal_is_the_mailbox(
+    mailbox: MailSettings, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "emails", tmp_path / "emails.log"
+    process = start_emails(out, mailbox, log)
+    try:
+        wait_for_records(out, "email", 40, process, log)
+    finally:
+        stop(process, signal.SIGTERM, log)
+    assert process.returncode == 0, log.read_text()
+
+    (records,) = records_by_run(out).values()
+    assert records[-1]["type"] == "end" and records[-1]["reason"] == "stopped by SIGTERM"
+    accepted, doubt = outcomes(records)
+    assert doubt == set() and not any(r["type"] == "unsent" for r in records)
+    messages = fetch_all(mailbox, expected=len(accepted))
+    assert {str(m["Message-ID"]) for m in messages} == accepted
+    assert mailbox_truth(messages, 7) == journal_truth(out)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["journals"] == {p.stem: len(records) for p in journal_paths(out)}
+    assert manifest["facts"]["emails_sent"] == len(accepted)
+    assert manifest["facts"]["in_doubt"] == []
+    assert read_totals(out / MANIFEST_NAME) == journal_truth(out)
+
+
+def test_kill_9_then_a_restart_continues_the_order_numbers_and_the_truth_is_the_mailbox(
+    mailbox: MailSettings, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "emails", tmp_path / "emails.log"
+    first = start_emails(out, mailbox, log)
+    try:
+        wait_for_records(out, "email", 30, first, log)
+    finally:
+        stop(first, signal.SIGKILL, log)
+    assert first.returncode == -signal.SIGKILL
+    second = start_emails(out, mailbox, log)
+    try:
+        wait_for_records(out, "email", 30, second, log, run=1)
+    finally:
+        stop(second, signal.SIGTERM, log)
+    assert second.returncode == 0, log.read_text()
+
+    killed, restarted = records_by_run(out).values()
+    assert killed[-1]["type"] != "end"
+    header = restarted[0]
+    assert (header["run_index"], header["seed"], header["base_seed"]) == (1, 8, 7)
+    # The restart begins every store after the highest number the killed run reserved (sent or not).
+    reserved: dict[str, int] = {}
+    for r in killed:
+        if r["type"] == "sending":
+            store_id, number = r["order_number"].split("-")
+            reserved[store_id] = max(reserved.get(store_id, 0), int(number))
+    assert header["start_numbers"] == {store_id: n + 1 for store_id, n in reserved.items()}
+    genuine = [r["order_number"] for r in killed + restarted if r["type"] == "email" and r["genuine"]]
+    assert len(genuine) == len(set(genuine))  # no order number twice: staging's dedup drops no order
+
+    # The mailbox holds what both journals accepted, plus at most the email in flight when the kill came,
+    # which the journal lists as in doubt; both runs together are the mailbox, to the cent.
+    accepted, doubt = outcomes(killed)
+    accepted |= outcomes(restarted)[0]
+    assert len(doubt) <= 1
+    messages = fetch_ids(mailbox, accepted)
+    arrived = {str(m["Message-ID"]) for m in messages}
+    assert accepted <= arrived <= accepted | doubt
+    assert mailbox_truth(messages, 7, leave_out=arrived & doubt) == journal_truth(out)
+    facts = json.loads((out / MANIFEST_NAME).read_text())["facts"]
+    assert {d["message_id"] for d in facts["in_doubt"]} == doubt
+    assert [r["ended"] for r in facts["runs"]] == [None, "stopped by SIGTERM"]
+
+
+def test_emails_sent_while_the_mail_server_is_down_are_retried_not_lost(
+    mailbox: MailSettings, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "emails", tmp_path / "emails.log"
+    relay = OutageRelay((mailbox.host, mailbox.smtp_port))
+    process = start_emails(out, mailbox, log, env={"OMNISTREAM_MAIL__SMTP_PORT": str(relay.port)})
+    try:
+        before = wait_for_records(out, "email", 20, process, log)
+        relay.cut()  # GreenMail is gone: the session reset, new connections refused
+        wait_for_log(log, "retrying in", process)
+        sent = sum(r["type"] == "email" for r in read_journal(journal_paths(out)[0]))
+        time.sleep(3)
+        assert sum(r["type"] == "email" for r in read_journal(journal_paths(out)[0])) == sent
+        relay.restore()
+        wait_for_records(out, "email", sum(r["type"] == "email" for r in before) + 20, process, log)
+    finally:
+        stop(process, signal.SIGTERM, log)
+        relay.close()
+    assert process.returncode == 0, log.read_text()
+
+    (records,) = records_by_run(out).values()
+    accepted, doubt = outcomes(records)
+    assert doubt == set() and not any(r["type"] == "unsent" for r in records)
+    # The email in hand when the server went away was sent again and accepted, not skipped.
+    reserved = [r["seq"] for r in records if r["type"] == "sending"]
+    assert reserved == [r["seq"] for r in records if r["type"] == "email"] == list(range(len(reserved)))
+    messages = fetch_ids(mailbox, accepted)
+    # A server that took an email but lost the session before its "250" gets it twice, same Message-ID.
+    assert {str(m["Message-ID"]) for m in messages} == accepted
+    assert mailbox_truth(messages, 7) == journal_truth(out)
+
+
+def test_sigterm_while_the_server_is_away_stops_at_once_and_records_the_email_as_unsent(
+    mailbox: MailSettings, tmp_path: Path
+) -> None:
+    out, log = tmp_path / "emails", tmp_path / "emails.log"
+    relay = OutageRelay((mailbox.host, mailbox.smtp_port))
+    process = start_emails(out, mailbox, log, env={"OMNISTREAM_MAIL__SMTP_PORT": str(relay.port)})
+    try:
+        wait_for_records(out, "email", 10, process, log)
+        relay.cut()
+        wait_for_log(log, "retrying in", process)
+        began = time.monotonic()
+        stop(process, signal.SIGTERM, log)
+        stopped_in = time.monotonic() - began
+    finally:
+        relay.close()
+    assert process.returncode == 0, log.read_text()
+    assert stopped_in < 30, f"the back-off held up the stop for {stopped_in:.0f} s"  # a supervisor waits 60 s
+    (records,) = records_by_run(out).values()
+    unsent = [r for r in records if r["type"] == "unsent"]
+    assert len(unsent) == 1 and "Stopping" in unsent[0]["reason"]
+    assert records[-1]["reason"] == "stopped by SIGTERM"
+    accepted, doubt = outcomes(records)
+    assert doubt == set()
+    assert {
+        str(m["Message-ID"]) for m in fetch_ids(mailbox, accepted)
+    } == accepted  # the unsent one never came
+    # Its order number stays reserved: the next run does not use it again.
+    assert highest_numbers(EarlierRuns.read(out))[unsent[0]["order_number"].split("-")[0]] >= int(
+        unsent[0]["order_number"].split("-")[1]
+    )

@@ -7,11 +7,14 @@ from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from email import policy
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from omnistream.reconcile import journal_paths, read_journal, source_truth
 from simulators.email_plan import (
+    ANOMALY_BLOCK,
     ANOMALY_KINDS,
     CASHIERS,
     DUPLICATE_WINDOW,
@@ -21,9 +24,17 @@ from simulators.email_plan import (
     StorePurchase,
     anomaly_slots,
 )
-from simulators.email_sender import EmailsConfig, EmailsRun
+from simulators.email_sender import (
+    EmailsConfig,
+    EmailsRun,
+    highest_numbers,
+    manifest_from_journals,
+    next_start_numbers,
+    sent_record,
+)
 from simulators.emails import GARBLE, build_message, render_html, render_text
 from simulators.reference import build_reference, money
+from simulators.runs import EarlierRuns, RunJournal
 from simulators.store_money import FORMATS, format_money, format_percent, parse_money
 
 D = Decimal
@@ -273,3 +284,139 @@ def test_run_counts_genuine_orders_once_and_reports_the_rest() -> None:
     genuine = [e for e in emails if e.genuine]
     assert sum(t.net for t in run.manifest.totals.values()) == sum(e.purchase.subtotal for e in genuine)
     assert sum(facts["transfer_encodings"].values()) == 400
+
+
+# -- runs that may not end: endless plans, journals, order numbers across runs -----------------------------
+
+
+def test_an_endless_plan_deals_anomalies_exactly_per_block() -> None:
+    share = 0.06
+    endless = EmailPlanner(8, None, share).emails()
+    emails = [next(endless) for _ in range(3 * ANOMALY_BLOCK)]
+    # Its first block is the bounded plan of one block's length, email for email.
+    assert emails[:ANOMALY_BLOCK] == list(EmailPlanner(8, ANOMALY_BLOCK, share).emails())
+    for block in range(3):
+        kinds = Counter(e.anomaly for e in emails[block * ANOMALY_BLOCK : (block + 1) * ANOMALY_BLOCK])
+        assert {k: kinds[k] for k in ANOMALY_KINDS} == dict.fromkeys(ANOMALY_KINDS, 10)
+    by_seq = {e.seq: e for e in emails}
+    for dup in (e for e in emails if e.anomaly == "duplicate"):
+        assert dup.duplicate_of is not None and by_seq[dup.duplicate_of].genuine
+
+
+def journal_emails(
+    out: Path, seed: int, count: int, starts: dict[str, int] | None = None
+) -> list[PlannedEmail]:
+    """Journal a run as if the server had accepted every email, the way simulate_emails does."""
+    with RunJournal.open_next(out, "emails") as journal:
+        planner = EmailPlanner(
+            seed + journal.index, count, 0.3, reference=build_reference(seed), start_numbers=starts
+        )
+        journal.write({"type": "run", "run_id": journal.run_id, "recipient": "x@y"})
+        planned = list(planner.emails())
+        for e in planned:
+            message_id = f"<{journal.index}.{e.seq}@t>"
+            journal.write(
+                {
+                    "type": "sending",
+                    "seq": e.seq,
+                    "order_number": e.purchase.order_number,
+                    "message_id": message_id,
+                }
+            )
+            journal.write(sent_record(e, message_id, datetime(2026, 11, 25, 23, 30, tzinfo=UTC), None))
+    return planned
+
+
+def test_a_new_run_continues_every_store_after_the_numbers_already_used(tmp_path: Path) -> None:
+    first = journal_emails(tmp_path, 5, 200)
+    highest = highest_numbers(EarlierRuns.read(tmp_path))
+    used: dict[str, int] = {}
+    for e in first:
+        store_id, number = e.purchase.order_number.split("-")
+        used[store_id] = max(used.get(store_id, 0), int(number))
+    assert highest == used
+    starts = next_start_numbers(highest, floor=1)
+    assert starts == {store_id: n + 1 for store_id, n in used.items()}
+    assert next_start_numbers(highest, floor=500) == dict.fromkeys(used, 500)
+
+    second = journal_emails(tmp_path, 5, 200, starts)
+    numbers = [e.purchase.order_number for e in first + second if e.duplicate_of is None]
+    assert len(numbers) == len(set(numbers))  # no order number twice, so downstream dedup drops nothing
+    # The second run draws other purchases (seed + 1), from the same master data.
+    assert [e.purchase.lines for e in first[:20]] != [e.purchase.lines for e in second[:20]]
+    skus = {p.sku: p.unit_price for p in build_reference(5).products}
+    assert all(line.unit_price == skus[line.sku] for e in second for line in e.purchase.lines)
+
+
+def test_a_number_reserved_before_a_kill_is_not_used_again(tmp_path: Path) -> None:
+    with RunJournal.open_next(tmp_path, "emails") as journal:
+        journal.write({"type": "run", "run_id": journal.run_id, "recipient": "x@y"})
+        # kill -9 after the sending line: the email may or may not have reached the server.
+        journal.write({"type": "sending", "seq": 0, "order_number": "S004-000017", "message_id": "<m@t>"})
+    assert highest_numbers(EarlierRuns.read(tmp_path)) == {"S004": 17}
+    current = EmailsRun(config=EmailsConfig(seed=5), recipient="x@y")
+    facts = manifest_from_journals(tmp_path, current).facts
+    assert facts["in_doubt"] == [
+        {"run_id": journal.run_id, "seq": 0, "order_number": "S004-000017", "message_id": "<m@t>"}
+    ]
+    assert facts["emails_sent"] == 0
+    assert facts["runs"][0]["ended"] is None  # killed: no end line
+
+
+def test_the_email_manifest_of_journals_equals_their_truth_and_leaves_out_a_torn_line(tmp_path: Path) -> None:
+    first = journal_emails(tmp_path, 5, 150)
+    second = journal_emails(
+        tmp_path, 5, 100, next_start_numbers(highest_numbers(EarlierRuns.read(tmp_path)), 1)
+    )
+    last = journal_paths(tmp_path)[-1]
+    with last.open("ab") as f:  # a line cut short by kill -9: not a record (see read_journal)
+        f.write(b'{"type":"email","seq":100,"message_id":"<x@t>","order_num')
+    current = EmailsRun(config=EmailsConfig(seed=5), recipient="x@y", run_id="now")
+    manifest = manifest_from_journals(tmp_path, current)
+    truth = source_truth(tmp_path)
+    assert {k: (t.orders, t.lines, t.net, t.tax) for k, t in truth.totals.items()} == {
+        (c, s, d.isoformat()): (t.orders, t.lines, t.net, t.tax) for (c, s, d), t in manifest.totals.items()
+    }
+    facts = manifest.facts
+    genuine = sum(1 for r in journal_records(tmp_path) if r.get("genuine"))
+    assert facts["orders"] == genuine == sum(t.orders for t in truth.totals.values())
+    assert facts["emails_sent"] == 250
+    assert facts["in_doubt"] == []
+    planned = Counter(e.anomaly for e in first + second)
+    assert facts["anomaly_counts"] == {kind: planned[kind] for kind in ANOMALY_KINDS}
+    assert facts["run"]["run_id"] == "now"
+
+
+def journal_records(out: Path) -> list[dict[str, object]]:
+    return [r for p in journal_paths(out) for r in read_journal(p)]
+
+
+def test_config_without_an_end() -> None:
+    assert EmailsConfig(rate=1, duration=0).emails is None
+    assert EmailsConfig(rate=1, duration=0, count=4).emails == 4
+    with pytest.raises(ValueError, match="needs a count"):
+        _ = EmailsConfig(rate=0, duration=0).emails
+
+
+def test_a_manifest_from_before_journals_is_adopted_not_lost_nor_counted_twice(tmp_path: Path) -> None:
+    legacy = EmailsRun(config=EmailsConfig(seed=5, count=60, anomaly_share=0.3), recipient="x@y")
+    for e in list(EmailPlanner(5, 60, 0.3).emails()):
+        legacy.record(e, f"<{e.seq}@old>", datetime(2026, 11, 20, 12, tzinfo=UTC), None)
+    legacy.finish().write(tmp_path / "manifest.json")
+    before = source_truth(tmp_path)
+    assert before.manifest_counted
+
+    with RunJournal.open_next(tmp_path, "emails") as journal:
+        assert journal.index == 1  # the old manifest became run 0
+        numbers = highest_numbers(journal.earlier)
+    assert numbers == highest_numbers(EarlierRuns.read(tmp_path))
+    old = [m["order_number"] for m in legacy.messages]
+    for store_id, n in numbers.items():
+        assert n == max(int(o.split("-")[1]) for o in old if o.startswith(store_id))
+    after = source_truth(tmp_path)
+    assert not after.manifest_counted  # the journal counts, and only once
+    assert after.totals == before.totals
+    with pytest.raises(RuntimeError, match="holds the runs of recipient 'x@y'"):
+        RunJournal.open_next(
+            tmp_path, "emails", check=lambda runs: runs.check_same("recipient", "z@y", "recipient", tmp_path)
+        )
