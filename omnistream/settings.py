@@ -186,6 +186,8 @@ class AirflowSettings(BaseModel):
     user: str = "airflow"
     # How often the omnistream_dbt DAG builds the warehouse.
     dbt_every_minutes: float = 15.0
+    # Its completeness tests (lines vs. orders, marts vs. sources) skip rows newer than this: in flight.
+    dbt_in_flight_minutes: int = 30
 
     @property
     def url(self) -> str:

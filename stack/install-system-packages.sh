@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the machine packages the local stack runs on, when missing: a JDK (Kafka, Connect, GreenMail),
-# Maven (fetches the servers from Maven Central) and the PostgreSQL server. Idempotent; needs root
-# (or sudo) only when something is missing.
+# Maven (fetches the servers from Maven Central), the PostgreSQL server, and chromium for the Airflow UI
+# test. Idempotent; needs root (or sudo) only when something is missing.
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,9 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql
 command -v runuser >/dev/null || missing+=(util-linux)
 # A compose implementation, to check docker-compose.yml where no Docker engine runs (tests only).
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+# A headless browser: the Airflow UI test (tests/integration/test_airflow.py) renders the UI and takes its
+# screenshot with Debian's chromium.
+command -v chromium >/dev/null || missing+=(chromium)
 
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} from Debian's packages"

@@ -1,11 +1,13 @@
-"""Build the omnistream warehouse with dbt every 15 minutes: staging → intermediate → marts, with tests.
+"""Build the omnistream warehouse with dbt on a schedule: staging → intermediate → marts, with tests.
+
+The interval is ``OMNISTREAM_AIRFLOW__DBT_EVERY_MINUTES`` (settings.airflow.dbt_every_minutes, 15 by default).
 
 One plain task runs `dbt build` for the target in ``OMNISTREAM_DBT__TARGET`` (``local``: DuckDB over the
 landed Parquet; ``snowflake``: the Kafka connector's tables), with connection details from the environment
 (``OMNISTREAM_DBT__*``, ``OMNISTREAM_SNOWFLAKE__*``), never from this file. dbt runs only when the task
-runs: parsing this file imports nothing but Airflow's SDK. A build is idempotent (views and tables are
-rebuilt from the raw layer, snapshots record only real changes), so a retry or an overlapping schedule is
-harmless; runs do not overlap anyway (max_active_runs=1).
+runs: parsing this file imports nothing but Airflow's SDK and omnistream's settings (for the interval). A
+build is idempotent (views and tables are rebuilt from the raw layer, snapshots record only real changes), so
+a retry or an overlapping schedule is harmless; runs do not overlap anyway (max_active_runs=1).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 import pendulum
 from airflow.sdk import dag, task
 
+from omnistream.settings import get_settings
+
 
 @dag(
     dag_id="omnistream_dbt",
-    schedule=timedelta(minutes=15),
+    schedule=timedelta(minutes=get_settings().airflow.dbt_every_minutes),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -35,7 +39,9 @@ def omnistream_dbt() -> None:
 
         from omnistream.warehouse.dbt import DbtRun, result_counts, run_dbt
 
-        run = DbtRun(target=os.environ.get("OMNISTREAM_DBT__TARGET", "local"))
+        # The pipeline runs while this builds: completeness tests across streams skip in-flight rows.
+        in_flight = {"OMNISTREAM_DBT__IN_FLIGHT_MINUTES": str(get_settings().airflow.dbt_in_flight_minutes)}
+        run = DbtRun(target=os.environ.get("OMNISTREAM_DBT__TARGET", "local"), extra_env=in_flight)
         run_dbt(["build"], run)
         return {"target": run.target, "statuses": result_counts(run)}
 

@@ -23,6 +23,7 @@ from omnistream.stack.layout import Layout
 from omnistream.stack.secrets import ensure_local_secrets
 from omnistream.stack.services import SERVICE_NAMES, Postgres, Service, build_services
 from omnistream.supervise import config
+from omnistream.supervise.catalogue import SERVICES
 from omnistream.supervise.control import RUNNING_STATES, Supervisor
 from omnistream.supervise.programs import build_programs
 
@@ -195,8 +196,9 @@ class Stack:
         stopped: list[str] = []
         if self.supervisor.is_running():
             programs = self.supervisor.all_info()
-            # Everything that is not a server stops first, then the servers in reverse start order.
-            others = [n for n in reversed(list(programs)) if n not in SERVICE_NAMES]
+            # Everything that is not a server stops first, in reverse start order, then the servers.
+            order = [s.name for s in reversed(SERVICES)] + sorted(programs)
+            others = [n for n in dict.fromkeys(order) if n in programs and n not in SERVICE_NAMES]
             stopped = self.stop_programs(others, progress)
             stopped += self.stop_programs([n for n in reversed(SERVICE_NAMES) if n in programs], progress)
             self.supervisor.shutdown()

@@ -43,9 +43,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("masterdata-producer", "pipeline", ("kafka", "registry"), "REST API → compacted topics"),
     ServiceSpec("sink", "pipeline", ("kafka", "registry"), "Kafka → landing Parquet, exactly once"),
     ServiceSpec("watchdog", "pipeline", ("connect",), "restarts FAILED Connect tasks (and FATAL programs)"),
+    # The API server first and so stopped last: running tasks report their result through it.
+    ServiceSpec("airflow-api-server", "scheduler", ("postgres",), "Airflow API server and UI"),
     ServiceSpec("airflow-scheduler", "scheduler", ("postgres",), "Airflow scheduler (LocalExecutor)"),
     ServiceSpec("airflow-dag-processor", "scheduler", ("postgres",), "Airflow DAG processor"),
-    ServiceSpec("airflow-api-server", "scheduler", ("postgres",), "Airflow API server and UI"),
 )
 
 # In docker-compose.yml only: the one-shot set-up (``omnistream up`` does it inline), the one-shot

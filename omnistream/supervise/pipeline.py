@@ -150,6 +150,7 @@ class Drain:
         self.stack.stop_programs(["sink"], self.progress)
         self.progress("landing sink: landing what is left")
         _omnistream(self.settings, "sink", "--drain", what="draining the landing sink")
+        # The scheduler first (it lets a running dbt build finish), the API server it reports to last.
         self.stack.stop_programs(
             ["airflow-scheduler", "airflow-dag-processor", "airflow-api-server"], self.progress
         )

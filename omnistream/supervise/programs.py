@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omnistream.settings import Settings, settings_environment
@@ -92,7 +92,8 @@ def build_programs(
         if spec.kind == "server":
             programs.append(_server_program(servers[spec.name], priority * 10))
         else:
-            programs.append(
-                Program(spec.name, spec.kind, commands[spec.name], workdir, child_env, priority=priority * 10)
-            )
+            # The scheduler waits for the task it runs (a dbt build) before it exits.
+            wait = 240 if spec.name == "airflow-scheduler" else 60
+            program = Program(spec.name, spec.kind, commands[spec.name], workdir, child_env, stop_wait_s=wait)
+            programs.append(replace(program, priority=priority * 10))
     return programs

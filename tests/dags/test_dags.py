@@ -43,6 +43,18 @@ def test_dags_are_thin_and_do_not_backfill(airflow_db: Path) -> None:
         assert dag.doc_md
 
 
+def test_dbt_dag_interval_comes_from_the_settings(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from omnistream.settings import get_settings
+
+    monkeypatch.setenv("OMNISTREAM_AIRFLOW__DBT_EVERY_MINUTES", "7")
+    get_settings.cache_clear()  # the DAG file reads the process-wide settings when it is parsed
+    try:
+        dag = dag_bag().get_dag("omnistream_dbt")
+    finally:
+        get_settings.cache_clear()
+    assert dag.schedule == timedelta(minutes=7)
+
+
 @pytest.fixture
 def local_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A small landing zone and history for the DAGs to work on, and the env that points them there."""
