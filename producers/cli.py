@@ -128,6 +128,13 @@ def produce_emails(
     ),
     batch_size: int = typer.Option(500, "--batch-size", min=1, help="Emails per Kafka transaction."),
     folder: str = typer.Option("INBOX", "--folder", help="Mailbox folder to read."),
+    archive_folder: str = typer.Option(
+        "Archive",
+        "--archive-folder",
+        help="Move each batch's emails to this folder once its transaction has committed (created if "
+        "missing), so the folder read stays small.",
+    ),
+    no_archive: bool = typer.Option(False, "--no-archive", help="Leave produced emails in the folder."),
     mailbox_user: str | None = typer.Option(
         None, "--mailbox-user", help="IMAP login (default: settings.mail.mailbox_user)."
     ),
@@ -155,6 +162,7 @@ def produce_emails(
     """Produce the stores' order-confirmation emails (IMAP) to Kafka, exactly once.
 
     One Kafka transaction per batch: its orders, its dead letters (<topic>.dlq) and the mailbox checkpoint.
+    Then the batch's emails are moved to the archive folder (unless --no-archive).
 
     The mailbox: OMNISTREAM_MAIL__HOST, __IMAP_PORT, __MAILBOX_USER and __MAILBOX_PASSWORD.
     """
@@ -189,9 +197,10 @@ def produce_emails(
             use_idle=idle,
             poll_interval_s=poll_interval,
             imap_retry_for_s=imap_retry_for,
+            archive_folder=None if no_archive else archive_folder,
         )
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--batch-size / --max-rate") from exc
+        raise typer.BadParameter(str(exc), param_hint="--batch-size / --max-rate / --archive-folder") from exc
     topics = EmailTopics.for_orders(topic or STORE_ORDERS, checkpoint_topic or EMAIL_CHECKPOINTS)
 
     def show(report: BatchReport, progress: Progress) -> None:

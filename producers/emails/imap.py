@@ -4,11 +4,19 @@ A folder's UIDs only grow, so "every UID above the last one handled" is an exact
 folder's UIDVALIDITY stays the same; when the server renumbers a folder it changes UIDVALIDITY, and this
 reader reports it (``UidValidityChanged``) instead of quietly handing out UIDs from another numbering.
 
-The folder is opened read-only and messages are fetched with ``BODY.PEEK[]``: the producer never changes the
-mailbox (no \\Seen flags, no deletes), so other readers and a re-read see it as it was.
+Messages are fetched with ``BODY.PEEK[]``, so reading sets no \\Seen flag. The folder is opened read-only
+unless the reader archives (``readonly=False``): ``archive`` moves messages the producer has committed to
+another folder, which keeps the folder bounded. It uses IMAP MOVE (RFC 6851) when the server has it, else
+COPY, STORE \\Deleted and UID EXPUNGE (RFC 4315; plain EXPUNGE on a server without UIDPLUS, which also
+removes messages another client marked \\Deleted). Moving is idempotent (a UID already moved matches
+nothing), except that the COPY fallback, interrupted before its EXPUNGE, copies those messages again next
+time: an archive may then hold a message twice; the folder read never does. Removing messages does not
+disturb the UID cursor: a server never hands out a UID twice under one UIDVALIDITY.
 
 Connection errors and dropped sessions are retried with exponential backoff (tenacity) for up to
-``retry_for_s`` seconds, reconnecting each time; a refused login or a missing folder is not retried.
+``retry_for_s`` seconds, reconnecting each time; a refused login, or a folder missing when first opened,
+is not retried. A folder that disappears once it has been open (deleted and made again, as a migration or
+a server restored empty does) is waited for within the same window; it comes back under a new UIDVALIDITY.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from imapclient import IMAPClient
+from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -42,6 +50,10 @@ class MailboxError(RuntimeError):
 
 class ImapUnavailable(RuntimeError):
     """The IMAP server stayed unreachable for the whole retry window."""
+
+
+class FolderGone(Exception):
+    """The folder, open before, cannot be selected now: waited for like an outage (it may be made again)."""
 
 
 class UidValidityChanged(RuntimeError):
@@ -75,13 +87,18 @@ class MailboxReader:
         retry_for_s: float = 300.0,
         timeout_s: float = 30.0,
         use_idle: bool = True,
+        readonly: bool = True,
+        use_move: bool = True,
     ) -> None:
+        """``readonly=False`` to ``archive``; ``use_move=False`` archives by COPY even where MOVE exists."""
         self._mail = mail
         self.folder = folder
         self.url = mailbox_url(mail, folder)
         self._retry_for_s = retry_for_s
         self._timeout_s = timeout_s
         self._use_idle = use_idle
+        self._readonly = readonly
+        self._use_move = use_move
         self._imap: IMAPClient | None = None
         self._uidvalidity: int | None = None
         self._idle_supported = False
@@ -115,6 +132,71 @@ class MailboxReader:
 
         return self._call(f"searching for UIDs above {after}", search)
 
+    def uids_through(self, last: int) -> list[int]:
+        """The UIDs of the folder up to ``last``, ascending (none if ``last`` is 0)."""
+        if last < 1:
+            return []
+        return self._call(
+            f"searching for UIDs up to {last}",
+            lambda imap: sorted(uid for uid in imap.search(["UID", f"1:{last}"]) if uid <= last),
+        )
+
+    def ensure_folder(self, folder: str) -> None:
+        """Create ``folder`` in the mailbox unless it exists."""
+
+        def ensure(imap: IMAPClient) -> None:
+            if not imap.folder_exists(folder):
+                self._create(imap, folder)
+
+        self._call(f"checking folder {folder!r}", ensure)
+
+    def archive(self, uids: list[int], folder: str, uidvalidity: int) -> None:
+        """Move the messages ``uids`` (read under ``uidvalidity``) to ``folder``; UIDs already gone: no-ops.
+
+        ``UidValidityChanged`` if the folder is not under ``uidvalidity`` any more: its UIDs would then name
+        other messages, which must stay. ``MailboxError`` if the server refuses the move.
+        """
+        if self._readonly:
+            raise RuntimeError("a read-only MailboxReader cannot archive; open it with readonly=False")
+
+        def move(imap: IMAPClient) -> None:
+            if self._uidvalidity != uidvalidity:
+                raise UidValidityChanged(uidvalidity, self._uidvalidity or 0)
+            try:
+                self._move(imap, uids, folder)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                if "TRYCREATE" not in str(exc):
+                    raise MailboxError(
+                        f"moving {len(uids)} emails of {self.url} to {folder!r}: {exc}"
+                    ) from exc
+                self._create(imap, folder)  # removed since start: make it again, as the server suggests
+                self._move(imap, uids, folder)
+
+        self._call(f"moving {len(uids)} emails to {folder!r}", move)
+
+    def _move(self, imap: IMAPClient, uids: list[int], folder: str) -> None:
+        if self._use_move and imap.has_capability("MOVE"):
+            imap.move(uids, folder)
+            return
+        imap.copy(uids, folder)
+        imap.add_flags(uids, [DELETED], silent=True)
+        if imap.has_capability("UIDPLUS"):
+            imap.uid_expunge(uids)
+        else:
+            imap.expunge()
+
+    def _create(self, imap: IMAPClient, folder: str) -> None:
+        try:
+            imap.create_folder(folder)
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError as exc:
+            if not imap.folder_exists(folder):  # else made by someone else just now
+                raise MailboxError(f"cannot create folder {folder!r} in {self.url}: {exc}") from exc
+        log.info("created folder %r in %s", folder, self.url)
+
     def fetch(self, uids: list[int]) -> list[FetchedEmail]:
         """The emails with ``uids`` that still exist, in UID order (expunged ones are logged, left out)."""
 
@@ -145,7 +227,17 @@ class MailboxReader:
             return
 
         def idle(imap: IMAPClient) -> None:
-            imap.idle()
+            try:
+                imap.idle()
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                # The server flushed a pending untagged response (new mail's EXISTS) before its "+ idling",
+                # which imapclient takes for a failure. Mail may have arrived; the session is mid-command,
+                # so it is dropped and the next call reconnects.
+                log.debug("IDLE on %s answered early (%s): new mail may be there", self.url, exc)
+                self._drop(logout=False)
+                return
             try:
                 renew_at = time.monotonic() + IDLE_RENEW_S
                 while not stop.is_set() and time.monotonic() < min(deadline, renew_at):
@@ -163,7 +255,7 @@ class MailboxReader:
 
     def _call(self, what: str, operation: Callable[[IMAPClient], T]) -> T:
         retrying = Retrying(
-            retry=retry_if_exception_type(TRANSIENT_IMAP_ERRORS),
+            retry=retry_if_exception_type((*TRANSIENT_IMAP_ERRORS, FolderGone)),
             wait=wait_exponential(multiplier=0.5, max=30),
             stop=stop_after_delay(self._retry_for_s),
             before_sleep=lambda state: self._log_retry(what, state),
@@ -171,6 +263,10 @@ class MailboxReader:
         )
         try:
             return retrying(self._attempt, operation)
+        except FolderGone as exc:
+            raise MailboxError(
+                f"folder {self.folder!r} of {self.url} has been gone for {self._retry_for_s:.0f} s ({exc})"
+            ) from exc
         except TRANSIENT_IMAP_ERRORS as exc:
             raise ImapUnavailable(
                 f"IMAP server {self._mail.host}:{self._mail.imap_port} unreachable for "
@@ -214,11 +310,13 @@ class MailboxReader:
                 "OMNISTREAM_MAIL__MAILBOX_USER and OMNISTREAM_MAIL__MAILBOX_PASSWORD"
             ) from exc
         try:
-            selected = imap.select_folder(self.folder, readonly=True)
+            selected = imap.select_folder(self.folder, readonly=self._readonly)
         except IMAPClientAbortError:
             raise
         except IMAPClientError as exc:
             imap.shutdown()
+            if self._uidvalidity is not None:
+                raise FolderGone(str(exc)) from exc
             raise MailboxError(f"cannot open folder {self.folder!r} of {self.url}: {exc}") from exc
         uidvalidity = int(selected[b"UIDVALIDITY"])
         self._idle_supported = imap.has_capability("IDLE")

@@ -83,8 +83,3 @@ class StoreOrder:
             "imap_uid": p.uid,
             "received_at": p.received_at.astimezone(UTC),
         }
-
-
-def store_order_to_dict(order: StoreOrder, _ctx: object) -> dict[str, Any]:
-    """``to_dict`` for confluent-kafka's ``AvroSerializer``."""
-    return order.to_avro()

@@ -10,13 +10,23 @@ cells), then interpreted and checked the same way:
 - money exact: amounts are read as ``Decimal`` in the till's format, which the amounts themselves identify
   (``1.234,56 €``, ``1 234,56 €``, ``€ 1.234,56``, ``€1,234.56``; see omnistream.money), all in one format;
 - money consistent: line total = unit price x quantity, subtotal = sum of line totals,
-  tax = subtotal x rate rounded half-up to the cent, total = subtotal + tax.
+  tax = subtotal x rate rounded half-up to the cent, total = subtotal + tax;
+- every item line within the confirmation rule below.
+
+The confirmation rule (what a store's POS can really send; ``check_line`` is the one place it is applied):
+a confirmation confirms a sale. Returns and refunds arrive as documents of their own, never as negative
+lines on an order confirmation, so every item line has a quantity of at least 1 (a whole number) and a
+unit price of 0 or more (0: a free item, e.g. a promotion's gift). With the consistency checks above, no
+amount on a confirmation is then negative: line totals, subtotal, tax and total are all 0 or more, and the
+total is the sum of the lines plus their tax. An email that breaks the rule is a ``ParseError`` naming the
+line, so the producer dead-letters it instead of landing an order that takes money off a store's revenue.
 """
 
 from __future__ import annotations
 
 import email
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -41,11 +51,14 @@ REQUIRED_FIELDS = (
     "Total",
 )
 REPLACEMENT_CHARACTER = "\ufffd"
+# The confirmation rule (module docstring): the least quantity and unit price an item line can have.
+MIN_QUANTITY = 1
+MIN_UNIT_PRICE = Decimal("0.00")
 # "Tax (19%)" → label "Tax", note "19%"; other labels have no note.
 _LABEL = re.compile(r"(?P<label>[^():]+?)(?: \((?P<note>[^()]*)\))?")
 _TEXT_FIELD = re.compile(r"(?P<label>[^:|]+?): (?P<value>.*)")
 _TABLE_HEADER = re.compile(r"SKU\s*\|")
-_QUANTITY = re.compile(r"[1-9]\d*")
+_QUANTITY = re.compile(r"[1-9]\d*")  # a whole number of at least MIN_QUANTITY, as printed
 _ORDER_NUMBER = re.compile(r"\S+")
 # Distinct formats only (es_ES and it_IT write amounts exactly as de_DE does), in a stable order.
 _DISTINCT_FORMATS: tuple[MoneyFormat, ...] = tuple(dict.fromkeys(FORMATS.values()))
@@ -213,8 +226,11 @@ def receipt_from_html(markup: str) -> Receipt:
     return receipt
 
 
-def _amounts_format(amounts: list[tuple[str, str]]) -> MoneyFormat:
-    """The one money format every amount is written in; ``amounts`` are (where, text) pairs."""
+def _amounts_format(amounts: list[tuple[str, str]]) -> tuple[MoneyFormat, tuple[Decimal, ...]]:
+    """The one money format every amount is written in, and the amounts read in it, in the same order.
+
+    ``amounts`` are (where, text) pairs.
+    """
     matching = []
     for fmt in _DISTINCT_FORMATS:
         try:
@@ -238,7 +254,7 @@ def _amounts_format(amounts: list[tuple[str, str]]) -> MoneyFormat:
     # fr_FR); they then read the same values. Different values would be a real ambiguity.
     if len({values for _, values in matching}) > 1 or len({fmt.currency for fmt, _ in matching}) > 1:
         raise ParseError(f"the amounts can be read in more than one way: {[text for _, text in amounts]}")
-    return matching[0][0]
+    return matching[0]
 
 
 def _parses(fmt: MoneyFormat, text: str) -> bool:
@@ -301,7 +317,7 @@ def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance
     rows = [_ItemRow.from_cells(cells) for cells in receipt.rows]
     amounts = [(f"item line {n} {col}", text) for n, row in enumerate(rows, 1) for col, text in row.amounts()]
     amounts += [(label, f[label]) for label in ("Subtotal", "Tax", "Total")]
-    fmt = _amounts_format(amounts)
+    fmt, values = _amounts_format(amounts)  # read once: unit price and line total per line, then the sums
     money = fmt.format
 
     lines = []
@@ -310,11 +326,8 @@ def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance
             raise ParseError(f"item line {n} has an empty SKU or item name: {row.printed!r}")
         if not _QUANTITY.fullmatch(row.quantity):
             raise ParseError(f"item line {n} quantity {row.quantity!r} is not a positive whole number")
-        quantity, unit_price, line_total = (
-            int(row.quantity),
-            fmt.parse(row.unit_price),
-            fmt.parse(row.line_total),
-        )
+        quantity, unit_price, line_total = int(row.quantity), values[2 * n - 2], values[2 * n - 1]
+        check_line(n, row.sku, quantity, unit_price, money)
         if line_total != unit_price * quantity:
             raise ParseError(
                 f"item line {n} ({row.sku}): {quantity} x {money(unit_price)} is "
@@ -322,7 +335,7 @@ def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance
             )
         lines.append(OrderLine(n, row.sku, row.name, quantity, unit_price, line_total))
 
-    subtotal, tax, total = (fmt.parse(f[label]) for label in ("Subtotal", "Tax", "Total"))
+    subtotal, tax, total = values[-3:]
     lines_sum = sum((line.line_total for line in lines), Decimal("0.00"))
     if subtotal != lines_sum:
         raise ParseError(f"Subtotal {money(subtotal)} is not the sum of the line totals, {money(lines_sum)}")
@@ -354,6 +367,18 @@ def build_order(receipt: Receipt, message_id: str | None, provenance: Provenance
         message_id=message_id,
         provenance=provenance,
     )
+
+
+def check_line(n: int, sku: str, quantity: int, unit_price: Decimal, money: Callable[[Decimal], str]) -> None:
+    """The confirmation rule for item line ``n``: quantity at least 1, unit price 0 or more."""
+    if quantity < MIN_QUANTITY:
+        raise ParseError(f"item line {n} ({sku}) quantity {quantity} is below {MIN_QUANTITY}")
+    if unit_price < MIN_UNIT_PRICE:
+        raise ParseError(
+            f"item line {n} ({sku}) unit price {money(unit_price)} is negative: an order confirmation "
+            "confirms a sale, so every line has a quantity of at least 1 and a unit price of 0 or more "
+            "(returns and refunds are documents of their own, not negative lines)"
+        )
 
 
 class _ItemRow(NamedTuple):

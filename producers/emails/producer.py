@@ -6,8 +6,9 @@ How exactly once holds:
   across restarts). ``init_transactions`` on start fences any earlier instance and aborts the transaction it
   left open, so a batch cut off by a crash is invisible to ``read_committed`` consumers.
 - Each batch of UIDs is one transaction: the parsed orders (keyed by order number), the dead letters of the
-  emails that could not be parsed, and the checkpoint record (mailbox, UIDVALIDITY, last UID of the batch),
-  committed together.
+  emails that could not be made into records, and the checkpoint record (mailbox, UIDVALIDITY, last UID of
+  the batch), committed together: every email of a committed batch is in it exactly once, as an order or as
+  a dead letter.
 - On start the cursor is read back from the checkpoint topic with ``read_committed``; reading resumes with
   the first UID above it. A crash anywhere therefore either loses the whole batch (re-read) or commits all of
   it (skipped): no email is lost and none is produced twice.
@@ -15,7 +16,33 @@ How exactly once holds:
 A re-sent confirmation (same order, new Message-ID) is a separate email and is produced as it is; consumers
 keep the first record per order number. If the folder's UIDVALIDITY changes, its UIDs mean something else
 and the checkpoint is void: the folder is read again from UID 1, and the orders produced before reappear
-under their order numbers (with the new UIDVALIDITY), which downstream drops like any re-send.
+under their order numbers (with the new UIDVALIDITY), which downstream drops like any re-send. Every email
+of the renumbered folder is produced, each once under the new UIDVALIDITY (the same email twice in Kafka,
+under two UIDVALIDITYs, is allowed: staging flags all but the first record per order number as re-sends and
+the intermediate layer drops them).
+
+What stops it, and what does not: an email is data, so nothing about one email stops the producer. An email
+that cannot be parsed or breaks the confirmation rule (producers/emails/parser.py), an order its schema
+cannot hold (an amount beyond decimal(12,2)), or an order record larger than Kafka takes (checked before
+producing against the producer's ``message.max.bytes`` and the topic's ``max.message.bytes``, see
+``limits``) becomes a dead letter in ``<topic>.dlq``: the reason, the raw email (capped so the dead letter
+fits its topic) and its coordinates, in the same transaction as its batch's orders. Fatal, and left to the
+supervisor, are only: Kafka, the registry or the mailbox unreachable after retries, and being fenced.
+
+Should the broker refuse a record all the same (a topic's limit lowered while the producer runs), the
+transaction cannot commit: one failed delivery dooms it. It is aborted, so ``read_committed`` consumers
+see none of it, and made again without the refused record's fault: a record refused alongside others is
+produced on its own in the next transaction (a broker refuses a whole record batch at once), and one
+refused on its own is replaced by its dead letter. The good records of the batch are then committed once,
+in the transaction that commits; these rounds do not count against ``batch_attempts``.
+
+Mail stays bounded: after a batch's transaction commits, its emails are moved to the archive folder
+(``ProducerOptions.archive_folder``, ``Archive``; None keeps them). Only after: a crash between the commit
+and the move leaves emails in the folder with UIDs up to the checkpoint, which the next drain does not
+produce again (they are at or below the cursor) and moves first. The move checks UIDVALIDITY, so it never
+moves emails of a renumbered folder that were not produced. A failed move (the server refuses it) is
+logged and counted (``errors_total{kind="archive"}``) and tried again at the next drain; it never holds
+up production.
 
 Metrics (:class:`EmailMetrics`) count what committed: emails fetched as records in, the orders and dead
 letters of committed transactions as records out and dead letters, and the backlog as the UIDs above the
@@ -24,55 +51,88 @@ cursor that the last search found and no committed batch has covered yet.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.serialization import SerializationError
 from prometheus_client import CollectorRegistry
 
-from omnistream.dead_letter import DeadLetter
+from omnistream.dead_letter import DeadLetter, capped
 from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
 from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
 from omnistream.settings import MailSettings, Settings
 from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS, dlq
 from producers.emails.checkpoint import Checkpoint, read_checkpoint
-from producers.emails.imap import FetchedEmail, MailboxReader, UidValidityChanged
+from producers.emails.imap import FetchedEmail, MailboxError, MailboxReader, UidValidityChanged
+from producers.emails.limits import LIBRDKAFKA_MESSAGE_MAX_BYTES, RecordLimits, read_limits
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, message_id_of, parse_email, read_message
-from producers.emails.serde import EmailSerde
+from producers.emails.serde import EmailSerde, RecordDoesNotFit
 
 log = logging.getLogger(__name__)
 
 ORDER = "order"
-# Kafka's default message.max.bytes is 1 MiB; a dead letter keeps at most this much of the raw email.
+# A dead letter keeps at most this much of the raw email, and leaves room in its topic's limit for the rest
+# of the dead letter (a reason of up to REASON_LIMIT characters, ids and attributes).
 DEAD_LETTER_PAYLOAD_LIMIT = 512 * 1024
+DEAD_LETTER_ROOM = 64 * 1024
 DEAD_LETTER = "dead_letter"
 CHECKPOINT = "checkpoint"
+DEFAULT_ARCHIVE_FOLDER = "Archive"
 # Reason classes of dead letters (the metrics' label; the dead letter itself says precisely why).
-UNPARSEABLE = "unparseable"  # not a complete, consistent order confirmation
+UNPARSEABLE = "unparseable"  # not a complete, consistent order confirmation within the confirmation rule
 SCHEMA_MISMATCH = "schema-mismatch"  # parsed, but does not fit schemas/store_order.avsc
+PARSER_FAILED = "parser-failed"  # the parser raised something else than ParseError: a bug, shown as one
+TOO_LARGE = "too-large"  # an order record larger than its topic takes
+REFUSED = "refused"  # an order record the broker refused on its own for another reason
 # Error kinds besides librdkafka's own (kafka_<code>).
 TRANSACTION_RETRY = "transaction_retry"  # a batch's transaction aborted and tried again
 COMMIT_RETRY = "commit_retry"  # a retriable commit error, committed again
 INIT_RETRY = "init_retry"  # a retriable error initialising transactions
 DELIVERY_FAILED = "delivery"  # a record's delivery report failed (its batch is aborted and retried)
+RECORD_REFUSED = "record_refused"  # the broker refused a record itself (its size); the batch is made again
+ARCHIVE_FAILED = "archive"  # committed emails could not be moved to the archive folder (tried again later)
+# What the broker (or librdkafka) says about a record itself, not about the cluster.
+RECORD_FAULTS = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD}
+)
+# Delivery reports of the records an abort purged: the abort's doing, nothing to report.
+PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 class FatalProducerError(RuntimeError):
     """The producer cannot go on; the message says what to fix. Nothing uncommitted is visible."""
 
 
+class RecordTooLarge(ValueError):
+    """An order record larger than its topic takes (the dead letter's error class)."""
+
+
+class RecordRefused(RuntimeError):
+    """The broker refused an order record produced on its own (the dead letter's error class)."""
+
+
 class EmailMetrics(PipelineMetrics):
     """The email producer's Prometheus metrics: the shared ones, its transactions and the mailbox backlog."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        super().__init__(registry, error_kinds=[TRANSACTION_RETRY, COMMIT_RETRY, INIT_RETRY, DELIVERY_FAILED])
+        super().__init__(
+            registry,
+            error_kinds=[
+                TRANSACTION_RETRY,
+                COMMIT_RETRY,
+                INIT_RETRY,
+                DELIVERY_FAILED,
+                RECORD_REFUSED,
+                ARCHIVE_FAILED,
+            ],
+        )
         self.transactions = transactions_counter(
             self.registry, "Kafka transactions (a batch of emails with its checkpoint) committed and aborted."
         )
@@ -117,10 +177,20 @@ class ProducerOptions:
     imap_retry_for_s: float = 300.0
     transaction_timeout_ms: int = 60_000
     batch_attempts: int = 5  # transactions aborted and retried before giving up
+    archive_folder: str | None = DEFAULT_ARCHIVE_FOLDER  # committed emails go here; None: they stay
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
+        archive = self.archive_folder
+        # INBOX is the one folder name IMAP compares without case (RFC 3501).
+        if archive is not None and (
+            archive in ("", self.folder) or archive.upper() == self.folder.upper() == "INBOX"
+        ):
+            raise ValueError(
+                f"the archive folder must be another folder than the one read ({self.folder!r}), "
+                "or none (--no-archive)"
+            )
         if self.max_rate > 0 and self.batch_size / self.max_rate > 0.8 * self.transaction_timeout_ms / 1000:
             # A paced batch would outlive its transaction, which the broker would then abort.
             raise ValueError(
@@ -165,6 +235,11 @@ class _Record:
     key: bytes
     value: bytes
     reason_class: str = ""  # dead letters only
+    email: FetchedEmail | None = None  # the email it stands for; None: the checkpoint
+    message_id: str | None = None
+    order_number: str | None = None
+    letter: DeadLetter | None = None  # dead letters only
+    alone: bool = False  # produced in a batch of its own: it was refused together with others before
 
 
 @dataclass
@@ -202,6 +277,7 @@ class EmailProducer:
             self.options.folder,
             retry_for_s=self.options.imap_retry_for_s,
             use_idle=self.options.use_idle,
+            readonly=self.options.archive_folder is None,
         )
         self.mailbox = self.reader.url
         self.transactional_id = self.options.transactional_id or default_transactional_id(self.mailbox)
@@ -209,7 +285,10 @@ class EmailProducer:
         self._serde: EmailSerde | None = None
         self._cursor: _Cursor | None = None
         self._in_transaction = False
+        self._attempt = 0  # of the current transaction: delivery reports of earlier ones are stale
         self._delivery_errors: list[KafkaError] = []
+        self._refused: dict[int, KafkaError] = {}  # record index → what the broker said about it
+        self._limits = RecordLimits(LIBRDKAFKA_MESSAGE_MAX_BYTES, {})
         self._next_send = 0.0
         self._started = 0.0
 
@@ -233,17 +312,22 @@ class EmailProducer:
             self.topics.dead_letters,
             self.topics.checkpoints,
         )
-        self._producer = Producer(
-            producer_config(
-                self.settings,
-                **{
-                    "transactional.id": self.transactional_id,
-                    "transaction.timeout.ms": self.options.transaction_timeout_ms,
-                    "linger.ms": 5,  # a batch is committed right after it is produced; no point waiting
-                    "error_cb": self.metrics.kafka_error_callback("email producer", log),
-                },
-            )
+        config = producer_config(
+            self.settings,
+            **{
+                "transactional.id": self.transactional_id,
+                "transaction.timeout.ms": self.options.transaction_timeout_ms,
+                "linger.ms": 5,  # a batch is committed right after it is produced; no point waiting
+                "error_cb": self.metrics.kafka_error_callback("email producer", log),
+            },
         )
+        self._limits = read_limits(
+            self.settings,
+            [self.topics.orders, self.topics.dead_letters, self.topics.checkpoints],
+            int(config.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES)),
+        )
+        config["batch.size"] = self._limits.batch_size
+        self._producer = Producer(config)
         # Fences any earlier producer with this transactional.id and aborts the transaction it left open,
         # which is what makes the checkpoint read below the last committed one.
         self._init_transactions()
@@ -251,6 +335,8 @@ class EmailProducer:
             self.settings, self.topics.checkpoints, self.mailbox, self._serde.read_checkpoint
         )
         uidvalidity = self.reader.open()
+        if self.options.archive_folder is not None:
+            self.reader.ensure_folder(self.options.archive_folder)
         if checkpoint is None:
             log.info("no checkpoint for %s: reading from UID 1", self.mailbox)
             self._cursor = _Cursor(uidvalidity, 0, 0)
@@ -291,9 +377,13 @@ class EmailProducer:
         """Produce every email above the cursor, batch by batch, until none is left (or ``stop`` is set)."""
         stop = stop or threading.Event()
         cursor = self._require_cursor()
+        swept = False
         while not stop.is_set():
             try:
                 self._reconcile_uidvalidity(self.reader.uidvalidity)
+                if not swept:
+                    self._archive_leftovers(cursor)
+                    swept = True
                 uids = self.reader.new_uids(after=cursor.last_uid)
                 self.metrics.backlog.set(len(uids))
                 if not uids:
@@ -353,7 +443,7 @@ class EmailProducer:
             # Reconnected mid-fetch into a renumbered folder: these UIDs are not the ones searched for.
             raise UidValidityChanged(uidvalidity, self.reader.uidvalidity)
         self.metrics.records_in.labels(self.topics.orders).inc(len(emails))
-        records = [self._record_for(fetched, uidvalidity) for fetched in emails]
+        records = [self._record_for(fetched, uidvalidity) for fetched in emails]  # each email once
         checkpoint = Checkpoint(
             mailbox=self.mailbox,
             uidvalidity=uidvalidity,
@@ -366,7 +456,7 @@ class EmailProducer:
         records.append(
             _Record(CHECKPOINT, self.topics.checkpoints, self.mailbox.encode(), serde.checkpoint(checkpoint))
         )
-        self._produce_in_transaction(records, uids)
+        self._produce_in_transaction(records, uids, uidvalidity)
         cursor.last_uid, cursor.sequence = checkpoint.last_uid, checkpoint.sequence
         report = BatchReport(
             first_uid=uids[0],
@@ -384,6 +474,44 @@ class EmailProducer:
         log.debug("committed UIDs %d-%d: %s", report.first_uid, report.last_uid, report)
         if self.on_batch is not None:
             self.on_batch(report, self.progress)
+        self._archive(uids, uidvalidity)
+
+    # -- the archive -----------------------------------------------------------------------------------
+
+    def _archive(self, uids: list[int], uidvalidity: int) -> None:
+        """Move committed emails to the archive folder; a refusal is logged and the next drain tries again."""
+        folder = self.options.archive_folder
+        if folder is None or not uids:
+            return
+        try:
+            self.reader.archive(uids, folder, uidvalidity)
+        except MailboxError as exc:
+            self.metrics.errors.labels(ARCHIVE_FAILED).inc()
+            log.error(
+                "could not move UIDs %d-%d of %s to %r (%s); they are in Kafka already and stay in the "
+                "folder until the next drain moves them",
+                uids[0],
+                uids[-1],
+                self.mailbox,
+                folder,
+                exc,
+            )
+
+    def _archive_leftovers(self, cursor: _Cursor) -> None:
+        """Move emails at or below the cursor still in the folder: committed, but not moved before a stop."""
+        if self.options.archive_folder is None:
+            return
+        leftovers = self.reader.uids_through(cursor.last_uid)
+        if leftovers:
+            log.info(
+                "%d emails of %s up to UID %d are in Kafka already but not archived yet (a stop between "
+                "commit and move): moving them to %r",
+                len(leftovers),
+                self.mailbox,
+                cursor.last_uid,
+                self.options.archive_folder,
+            )
+            self._archive(leftovers, cursor.uidvalidity)
 
     def _require_serde(self) -> EmailSerde:
         if self._serde is None:
@@ -391,19 +519,54 @@ class EmailProducer:
         return self._serde
 
     def _record_for(self, fetched: FetchedEmail, uidvalidity: int) -> _Record:
-        """The order record for ``fetched``, or its dead letter if it cannot be parsed or serialized."""
+        """The order record for ``fetched``, or its dead letter if it cannot be parsed, serialized or sent."""
         serde = self._require_serde()
         provenance = Provenance(self.mailbox, uidvalidity, fetched.uid, fetched.received_at)
         try:
             order = parse_email(fetched.raw, provenance)
         except ParseError as exc:
-            return self._dead_letter(fetched, uidvalidity, exc, exc.reason, exc.message_id, exc.order_number)
+            return self._dead_letter(
+                fetched, uidvalidity, exc, exc.reason, UNPARSEABLE, exc.message_id, exc.order_number
+            )
+        except Exception as exc:  # a parser bug met an email nobody foresaw: one email, not an outage
+            log.exception("the parser failed on UID %d of %s", fetched.uid, self.mailbox)
+            reason = f"the parser failed on this email ({type(exc).__name__}: {exc}); a bug to report"
+            return self._dead_letter(fetched, uidvalidity, exc, reason, PARSER_FAILED, None, None)
         try:
             value = serde.order(order)
-        except SerializationError as exc:  # e.g. an amount beyond the schema's 12 digits
-            reason = f"the order does not fit schemas/store_order.avsc: {exc}"
-            return self._dead_letter(fetched, uidvalidity, exc, reason, order.message_id, order.order_number)
-        return _Record(ORDER, self.topics.orders, order.order_number.encode(), value)
+        except RecordDoesNotFit as exc:  # e.g. an amount beyond the schema's 12 digits
+            return self._dead_letter(
+                fetched, uidvalidity, exc, str(exc), SCHEMA_MISMATCH, order.message_id, order.order_number
+            )
+        record = _Record(
+            ORDER,
+            self.topics.orders,
+            order.order_number.encode(),
+            value,
+            email=fetched,
+            message_id=order.message_id,
+            order_number=order.order_number,
+        )
+        return self._sized(record, uidvalidity)
+
+    def _sized(self, record: _Record, uidvalidity: int) -> _Record:
+        """``record``, or the dead letter of an order larger than its topic takes."""
+        if record.kind != ORDER or self._limits.fits(record.topic, record.key, record.value):
+            return record
+        reason = (
+            f"the order record is {len(record.key) + len(record.value):,} bytes serialized (key and value), "
+            f"more than {record.topic} takes: {self._limits.explain(record.topic)}"
+        )
+        return self._dead_letter_of(record, uidvalidity, RecordTooLarge(reason), TOO_LARGE)
+
+    def _dead_letter_of(
+        self, record: _Record, uidvalidity: int, error: Exception, reason_class: str
+    ) -> _Record:
+        """The dead letter for the order ``record`` stands for."""
+        assert record.email is not None
+        return self._dead_letter(
+            record.email, uidvalidity, error, str(error), reason_class, record.message_id, record.order_number
+        )
 
     def _dead_letter(
         self,
@@ -411,12 +574,15 @@ class EmailProducer:
         uidvalidity: int,
         error: Exception,
         reason: str,
+        reason_class: str,
         message_id: str | None,
         order_number: str | None,
     ) -> _Record:
         if message_id is None:
             message_id = message_id_of(read_message(fetched.raw))
-        log.warning("UID %d (%s) dead-lettered: %s", fetched.uid, message_id, reason)
+        log.warning("UID %d (%s) dead-lettered: %s", fetched.uid, message_id, reason[:1000])
+        # Keyed by Message-ID: the one id every email has (a synthetic one for the rare email without).
+        key = (message_id or f"{self.mailbox}#{uidvalidity}:{fetched.uid}").encode()
         attributes = {
             "mailbox": self.mailbox,
             "uidvalidity": str(uidvalidity),
@@ -424,11 +590,12 @@ class EmailProducer:
             "received_at": fetched.received_at.isoformat(),
             "payload_size": str(len(fetched.raw)),
         }
-        payload = fetched.raw
-        if len(payload) > DEAD_LETTER_PAYLOAD_LIMIT:
-            # A record over the broker's size limit would fail the batch on every retry; the whole email
-            # stays in the mailbox under its UID.
-            payload = payload[:DEAD_LETTER_PAYLOAD_LIMIT]
+        # A record over the topic's limit would fail the batch on every retry; the whole email stays in the
+        # folder under its UID, or in the archive folder, found by its Message-ID.
+        room = self._limits.limit(self.topics.dead_letters) - DEAD_LETTER_ROOM
+        payload_limit = min(DEAD_LETTER_PAYLOAD_LIMIT, max(0, room))
+        payload, truncated = capped(fetched.raw, payload_limit)
+        if truncated:
             attributes["payload_truncated"] = "true"
         letter = DeadLetter.from_error(
             error,
@@ -440,15 +607,28 @@ class EmailProducer:
             source_id=message_id,
             attributes=attributes,
         )
-        # Keyed by Message-ID: the one id every email has (a synthetic one for the rare email without).
-        key = message_id or f"{self.mailbox}#{uidvalidity}:{fetched.uid}"
-        return _Record(
+        record = _Record(
             DEAD_LETTER,
             self.topics.dead_letters,
-            key.encode(),
+            key,
             self._require_serde().dead_letter(letter),
-            UNPARSEABLE if isinstance(error, ParseError) else SCHEMA_MISMATCH,
+            reason_class,
+            email=fetched,
+            message_id=message_id,
+            order_number=order_number,
+            letter=letter,
         )
+        if not self._limits.fits(record.topic, record.key, record.value):
+            return self._without_payload(record) or record
+        return record
+
+    def _without_payload(self, record: _Record) -> _Record | None:
+        """The dead letter ``record`` without its payload (the email stays in the mailbox); None: had none."""
+        letter = record.letter
+        if letter is None or letter.payload is None:
+            return None
+        letter = replace(letter, payload=None, attributes={**letter.attributes, "payload_truncated": "true"})
+        return replace(record, value=self._require_serde().dead_letter(letter), letter=letter)
 
     # -- Kafka transactions ----------------------------------------------------------------------------
 
@@ -469,55 +649,137 @@ class EmailProducer:
                 log.warning("initialising transactions: %s; trying again (attempt %d)", error, attempt)
                 time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
 
-    def _produce_in_transaction(self, records: list[_Record], uids: list[int]) -> None:
-        """Produce ``records`` in one transaction; abort and retry it on abortable errors."""
+    def _produce_in_transaction(self, records: list[_Record], uids: list[int], uidvalidity: int) -> None:
+        """Produce ``records`` in one transaction; abort and make it again on abortable errors.
+
+        A record the broker refused is set aside first (``_set_aside``), so ``records`` is what committed.
+        """
         what = f"UIDs {uids[0]}-{uids[-1]}"
-        for attempt in range(1, self.options.batch_attempts + 1):
+        failures = 0
+        while True:
+            self._attempt += 1
+            self._delivery_errors.clear()
+            self._refused.clear()
             try:
                 self._kafka("beginning a transaction", lambda p: p.begin_transaction(), abortable_ok=False)
                 self._in_transaction = True
-                self._delivery_errors.clear()
-                for record in records:
-                    if record.kind != CHECKPOINT:
+                for index in range(len(records)):
+                    if records[index].kind != CHECKPOINT:
                         self._pace()
-                    self._produce(record)
+                    self._produce(records, index, uidvalidity)
                 self._commit()
                 self._in_transaction = False
                 return
             except _AbortableError as exc:
+                self._abort(str(exc))
+                if self._refused and self._set_aside(records, uidvalidity):
+                    log.warning(
+                        "transaction for %s aborted: %s; making it again without the refusal", what, exc
+                    )
+                    continue  # no outage: the next transaction holds what the broker takes
+                failures += 1
                 self.metrics.errors.labels(TRANSACTION_RETRY).inc()
+                if failures >= self.options.batch_attempts:
+                    raise FatalProducerError(
+                        f"the transaction for {what} failed {failures} times (last: {exc}); is the Kafka "
+                        f"cluster at {self.settings.kafka.bootstrap_servers} healthy? Nothing of this batch "
+                        "was committed."
+                    ) from exc
                 log.warning(
-                    "transaction for %s failed (%s); aborting it and retrying (attempt %d of %d)",
+                    "transaction for %s failed (%s); aborted it, retrying (attempt %d of %d)",
                     what,
                     exc,
-                    attempt,
+                    failures + 1,
                     self.options.batch_attempts,
                 )
-                self._abort(str(exc))
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
-        raise FatalProducerError(
-            f"the transaction for {what} failed {self.options.batch_attempts} times; is the Kafka cluster "
-            f"at {self.settings.kafka.bootstrap_servers} healthy? Nothing of this batch was committed."
-        )
+                time.sleep(min(0.5 * 2 ** (failures - 1), 10.0))
 
-    def _produce(self, record: _Record) -> None:
+    def _produce(self, records: list[_Record], index: int, uidvalidity: int) -> None:
         producer = self._require_producer()
+        record = records[index]
+        if record.alone:
+            self._flush(f"the records before {record.topic} record {index}")  # not in its batch
+        on_delivery = functools.partial(self._on_delivery, self._attempt, index)
         while True:
             try:
-                producer.produce(record.topic, record.value, record.key, on_delivery=self._on_delivery)
+                producer.produce(record.topic, record.value, record.key, on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.1)  # the local queue is full: serve delivery reports, then try again
             except KafkaException as exc:
-                self._raise_classified(exc, f"producing to {record.topic}")
+                error = exc.args[0] if exc.args else None
+                replacement = None
+                if isinstance(error, KafkaError) and error.code() in RECORD_FAULTS:
+                    # Refused before it was queued (librdkafka's own size check): the transaction is
+                    # untouched, and the record's place goes to its dead letter.
+                    replacement = self._refused_record(record, error, uidvalidity)
+                elif isinstance(error, KafkaError) and error.code() == KafkaError._STATE:
+                    # The transaction failed under it (a delivery failed, or the producer needs a new
+                    # epoch after one did): abort it; if the producer itself is broken, the abort says so.
+                    raise _AbortableError(f"producing to {record.topic}: {error}") from exc
+                if replacement is None:
+                    self._raise_classified(exc, f"producing to {record.topic}")
+                records[index] = record = replacement
         producer.poll(0)
+        if record.alone:
+            self._flush(f"{record.topic} record {index}")
+            if index in self._refused:
+                raise _AbortableError(f"{record.topic} refused a record on its own: {self._refused[index]}")
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            # The commit that follows fails for it, and the batch is aborted and retried as a whole.
-            log.warning("delivery to %s failed: %s", msg.topic(), err)
-            self.metrics.errors.labels(DELIVERY_FAILED).inc()
-            self._delivery_errors.append(err)
+    def _flush(self, what: str) -> None:
+        left = self._require_producer().flush(60)
+        if left:
+            raise _AbortableError(f"{left} records not delivered within 60 s ({what})")
+
+    def _on_delivery(self, attempt: int, index: int, err: KafkaError | None, msg: Message) -> None:
+        if err is None or attempt != self._attempt or err.code() in PURGED:
+            return  # delivered, or a report of a transaction already aborted
+        # The commit that follows fails for it, and the batch is aborted and made again.
+        log.warning("delivery to %s failed: %s", msg.topic(), err)
+        self.metrics.errors.labels(DELIVERY_FAILED).inc()
+        self._delivery_errors.append(err)
+        if err.code() in RECORD_FAULTS:
+            self.metrics.errors.labels(RECORD_REFUSED).inc()
+            self._refused[index] = err
+
+    def _set_aside(self, records: list[_Record], uidvalidity: int) -> bool:
+        """Make the batch again without what the broker refused; False if nothing changed (it would again).
+
+        Sizes are checked again against the topics' limits as they are now; a record refused together with
+        others is produced on its own next time, one refused on its own is replaced by its dead letter.
+        """
+        self._refresh_limits()
+        changed = False
+        for index, record in enumerate(records):
+            replacement = self._sized(record, uidvalidity)
+            error = self._refused.get(index)
+            if replacement is record and error is not None:
+                if record.alone:
+                    replacement = self._refused_record(record, error, uidvalidity) or record
+                else:
+                    replacement = replace(record, alone=True)
+            if replacement is not record:
+                records[index] = replacement
+                changed = True
+        return changed
+
+    def _refused_record(self, record: _Record, error: KafkaError, uidvalidity: int) -> _Record | None:
+        """What to produce in place of ``record``, which Kafka refused on its own; None: nothing will do."""
+        if record.kind == ORDER:
+            reason = (
+                f"Kafka refused the order record ({len(record.key) + len(record.value):,} bytes) for "
+                f"{record.topic}: {error.str()}"
+            )
+            return self._dead_letter_of(record, uidvalidity, RecordRefused(reason), REFUSED)
+        if record.kind == DEAD_LETTER:
+            return self._without_payload(record)
+        return None
+
+    def _refresh_limits(self) -> None:
+        try:
+            self._limits = read_limits(self.settings, self._limits.topic_max, self._limits.producer_max)
+        except KafkaException as exc:  # the broker that just answered is away again: the old limits do
+            log.warning("could not read the topics' max.message.bytes again: %s", exc)
 
     def _commit(self) -> None:
         producer = self._require_producer()

@@ -17,23 +17,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from email_support import own_mailbox, own_topics, read_topics, wait_for_mail
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
-from omnistream.kafka import registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
@@ -50,107 +45,15 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def mailbox(stack_settings: Settings, unique: str) -> Iterator[MailSettings]:
     """Mail settings for a fresh mailbox of this test's own."""
-    mail = stack_settings.mail.model_copy(
-        update={"mailbox_user": f"producer-{unique}", "mailbox_password": SecretStr(uuid.uuid4().hex)}
-    )
-    api = f"http://{mail.host}:{mail.api_port}/api/user"
-    user = {
-        "email": mail.mailbox_address,
-        "login": mail.mailbox_user,
-        "password": mail.mailbox_password.get_secret_value(),
-    }
-    httpx.post(api, json=user, timeout=10).raise_for_status()
-    yield mail
-    # GreenMail answers 500 when it deletes a user whose mailbox was opened over IMAP, though it is gone.
-    httpx.delete(f"{api}/{mail.mailbox_user}", timeout=10)
+    with own_mailbox(stack_settings, f"producer-{unique}") as mail:
+        yield mail
 
 
 @pytest.fixture
 def topics(stack_settings: Settings, unique: str) -> Iterator[EmailTopics]:
     """This test's own orders, dead-letter and checkpoint topics; removed with their subjects afterwards."""
-    names = EmailTopics.for_orders(f"test.{unique}.stores.order_confirmations", f"test.{unique}.checkpoints")
-    yield names
-    all_topics = [names.orders, names.dead_letters, names.checkpoints]
-    admin = AdminClient({"bootstrap.servers": stack_settings.kafka.bootstrap_servers})
-    for future in admin.delete_topics(all_topics, operation_timeout=30).values():
-        with contextlib.suppress(KafkaException):  # a topic this test never got to create
-            future.result(timeout=60)
-    registry = registry_client(stack_settings)
-    for topic in all_topics:
-        for permanent in (False, True):
-            # Cleanup of a shared registry must not fail the test (a subject it never registered).
-            with contextlib.suppress(Exception):
-                registry.delete_subject(f"{topic}-value", permanent=permanent)
-
-
-def wait_for_mail(
-    mail: MailSettings, count: int, folder: str = "INBOX", deadline_s: float = 60.0
-) -> list[int]:
-    """The folder's UIDs, once ``count`` messages have arrived (IMAP IDLE wakes us)."""
-    deadline = time.monotonic() + deadline_s
-    with IMAPClient(mail.host, mail.imap_port, ssl=False, timeout=30) as imap:
-        imap.login(mail.mailbox_user, mail.mailbox_password.get_secret_value())
-        imap.select_folder(folder, readonly=True)
-        uids = imap.search("ALL")
-        while len(uids) < count and time.monotonic() < deadline:
-            imap.idle()
-            imap.idle_check(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
-            imap.idle_done()
-            uids = imap.search("ALL")
-    assert len(uids) == count, f"{len(uids)} messages arrived in {folder}, expected {count}"
-    return sorted(uids)
-
-
-def read_topics(
-    settings: Settings, topics: list[str], isolation: str = "read_committed", decode: bool = True
-) -> dict[str, list[dict[str, Any]]]:
-    """Every record of ``topics``, read to the end (the last stable offset when read_committed).
-
-    Values are decoded by a generic AvroDeserializer: the writer's schema comes from the registry only.
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
-            "group.id": f"test-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-        }
-    )
-    deserializer = AvroDeserializer(registry_client(settings))
-    out: dict[str, list[dict[str, Any]]] = {topic: [] for topic in topics}
-    try:
-        assignment = [
-            TopicPartition(topic, p, OFFSET_BEGINNING)
-            for topic in topics
-            for p in consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ]
-        consumer.assign(assignment)
-        pending: set[tuple[str | None, int | None]] = {(tp.topic, tp.partition) for tp in assignment}
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard((msg.topic(), msg.partition()))
-                    continue
-                raise KafkaException(error)
-            topic = msg.topic()
-            assert topic is not None
-            value = msg.value()
-            record: dict[str, Any] = {"key": msg.key(), "partition": msg.partition(), "offset": msg.offset()}
-            if decode and value is not None:
-                ctx = SerializationContext(topic, MessageField.VALUE)
-                record["value"] = deserializer(value, ctx)
-            out[topic].append(record)
-        assert not pending, f"partitions {pending} not read to their end"
-    finally:
-        consumer.close()
-    return out
+    with own_topics(stack_settings, unique) as names:
+        yield names
 
 
 def new_producer(

@@ -20,7 +20,6 @@ import yaml
 from omnistream.settings import Settings
 from omnistream.stack.versions import PROJECT_ROOT, version
 
-
 COMPOSE_SECRETS = (
     "POSTGRES_PASSWORD",
     "SHOP_APP_PASSWORD",

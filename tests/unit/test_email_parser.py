@@ -19,12 +19,15 @@ from zoneinfo import ZoneInfo
 import fastavro
 import pytest
 
-from omnistream.dead_letter import DeadLetter
+from omnistream.dead_letter import REASON_LIMIT, DeadLetter, capped
 from omnistream.kafka import load_schema
 from omnistream.money import FORMATS, format_money, parse_percent, round_cents
 from producers.emails.checkpoint import Checkpoint
+from producers.emails.limits import RECORD_FRAMING_BYTES, RecordLimits
 from producers.emails.model import Provenance, StoreOrder
 from producers.emails.parser import ParseError, parse_email, read_message, receipt_from_html
+from producers.emails.producer import ProducerOptions
+from producers.emails.serde import RecordCheck, RecordDoesNotFit
 from simulators.email_plan import NON_ASCII_CASHIERS, PlannedEmail, PurchaseLine, StorePurchase
 from simulators.emails import GARBLE, build_message, render_html, render_text
 from simulators.reference import Store, build_reference
@@ -349,6 +352,47 @@ def test_tax_is_checked_rounded_half_up_not_half_even() -> None:
         parse_email(text_email(half_even), PROVENANCE)
 
 
+# -- the confirmation rule: quantity at least 1, unit price 0 or more -----------------------------------
+
+
+def test_a_negative_unit_price_is_rejected_whatever_the_lines_add_up_to() -> None:
+    # A "return" written as a negative line, everything else consistent: the order would total -23,80 €.
+    store = STORE_OF_LOCALE["de_DE"]
+    p = replace(purchase(store), lines=(PurchaseLine(1, "SKU-00002", "Tasse kitchen 2", 2, D("-10.00")),))
+    assert p.total == D("-23.80")
+    with pytest.raises(ParseError) as caught:
+        parse_email(raw_email(PlannedEmail(seq=0, purchase=p)), PROVENANCE)
+    assert caught.value.reason == (
+        "item line 1 (SKU-00002) unit price -10,00 € is negative: an order confirmation confirms a sale, so "
+        "every line has a quantity of at least 1 and a unit price of 0 or more (returns and refunds are "
+        "documents of their own, not negative lines)"
+    )
+    assert caught.value.order_number == p.order_number
+
+
+@pytest.mark.parametrize("locale", sorted(FORMATS))
+def test_a_negative_line_among_positive_ones_is_rejected_in_every_format(locale: str) -> None:
+    p = purchase(STORE_OF_LOCALE[locale])
+    lines = (*p.lines, PurchaseLine(4, "SKU-00009", "Rabatt", 1, D("-1234.50")))
+    with pytest.raises(ParseError, match=r"^item line 4 \(SKU-00009\) unit price .* is negative"):
+        parse_email(raw_email(PlannedEmail(seq=0, purchase=replace(p, lines=lines))), PROVENANCE)
+
+
+def test_a_free_item_is_an_ordinary_line() -> None:
+    p = purchase(STORE_OF_LOCALE["fr_FR"])
+    free = replace(p, lines=(*p.lines, PurchaseLine(4, "SKU-00010", "Sac cadeau", 1, D("0.00"))))
+    order = parse_email(raw_email(PlannedEmail(seq=0, purchase=free)), PROVENANCE)
+    assert (order.lines[-1].unit_price, order.lines[-1].line_total) == (D("0.00"), D("0.00"))
+    assert (order.subtotal, order.total) == (p.subtotal, p.total)
+
+
+def test_a_quantity_below_one_is_rejected_as_printed() -> None:
+    for printed in ("0", "-2", "00"):
+        text = GERMAN_TEXT.replace("|   2 |    12,99 €", f"| {printed:>3} |    12,99 €", 1)
+        with pytest.raises(ParseError, match=rf"^item line 1 quantity '{printed}' is not a positive whole"):
+            parse_email(text_email(text), PROVENANCE)
+
+
 def test_fractional_tax_rates_are_exact() -> None:
     assert parse_percent("5.5%") == D("0.055")
     assert parse_percent("19%") == D("0.19")
@@ -418,3 +462,73 @@ def test_dead_letter_and_checkpoint_records_round_trip() -> None:
     assert decoded["attributes"] == {"imap_uid": "17", "uidvalidity": "1795647231"}
     checkpoint = Checkpoint(PROVENANCE.mailbox, 1795647231, 120, 3, "tx", datetime(2026, 11, 25, tzinfo=UTC))
     assert Checkpoint.from_avro(avro_round_trip("email_checkpoint", checkpoint.to_avro())) == checkpoint
+
+
+# -- what the order schema cannot hold, named ------------------------------------------------------------
+
+
+def test_an_amount_beyond_the_schemas_precision_is_named_not_written() -> None:
+    store = STORE_OF_LOCALE["de_DE"]
+    p = replace(purchase(store), lines=(PurchaseLine(1, "SKU-00001", "Vitrine", 1, D("99999999999.99")),))
+    email_bytes = raw_email(PlannedEmail(seq=0, purchase=p))
+    assert "99.999.999.999,99 €".encode() in email_bytes  # as the till prints it
+    order = parse_email(email_bytes, PROVENANCE)  # a consistent confirmation
+    check = RecordCheck.of("store_order")
+    record = order.to_avro()
+    with pytest.raises(ValueError, match="decimal precision"):  # what fastavro says, unwrapped
+        avro_round_trip("store_order", record)
+    with pytest.raises(RecordDoesNotFit) as caught:
+        check.refuse(record)
+    assert str(caught.value) == (
+        "the order does not fit schemas/store_order.avsc: lines[0].unit_price = 99999999999.99 does not fit "
+        "decimal(12,2), at most 10 digits before the point; lines[0].line_total = 99999999999.99 does not "
+        "fit decimal(12,2), at most 10 digits before the point; subtotal = 99999999999.99 does not fit "
+        "decimal(12,2), at most 10 digits before the point (and 2 more)"
+    )
+
+
+def test_an_int_beyond_32_bits_is_refused_before_fastavro_writes_it_silently() -> None:
+    order = parse_email(
+        raw_email(PlannedEmail(seq=0, purchase=purchase(STORE_OF_LOCALE["de_DE"]))), PROVENANCE
+    )
+    record = order.to_avro()
+    check = RecordCheck.of("store_order")
+    check.integers_in_range(record)  # an ordinary order fits
+    record["lines"][2]["quantity"] = 2**31
+    assert avro_round_trip("store_order", record)["lines"][2]["quantity"] == 2**31  # no error from fastavro
+    with pytest.raises(
+        RecordDoesNotFit, match=r"lines\[2\]\.quantity = 2147483648 does not fit int \(32 bits\)"
+    ):
+        check.integers_in_range(record)
+
+
+def test_a_dead_letter_reason_is_cut_to_its_limit_saying_so() -> None:
+    reason = "item line 1 is garbled: " + "x" * 10_000
+    letter = DeadLetter.from_error(ParseError(reason), topic="t", source="s", payload=None)
+    assert len(letter.reason) < REASON_LIMIT + 40
+    assert letter.reason.startswith(reason[:REASON_LIMIT])
+    assert letter.reason.endswith(f"… ({len(reason) - REASON_LIMIT:,} more characters cut)")
+    assert capped(b"abcdef", 4) == (b"abcd", True)
+    assert capped(b"abc", 4) == (b"abc", False)
+
+
+def test_record_limits_are_the_smaller_of_producer_and_topic_less_framing() -> None:
+    limits = RecordLimits(1_000_000, {"orders": 1_048_588, "orders.dlq": 200_000})
+    assert limits.limit("orders") == 1_000_000 - RECORD_FRAMING_BYTES
+    assert limits.limit("orders.dlq") == 200_000 - RECORD_FRAMING_BYTES
+    assert limits.fits("orders", b"k" * 10, b"v" * (limits.limit("orders") - 10))
+    assert not limits.fits("orders", b"k" * 10, b"v" * (limits.limit("orders") - 9))
+    assert limits.batch_size == 200_000 - RECORD_FRAMING_BYTES  # no topic refuses a whole batch
+    assert limits.explain("orders.dlq") == (
+        "199,488 bytes (the producer's message.max.bytes 1,000,000; the topic's max.message.bytes 200,000; "
+        "less 512 for framing)"
+    )
+
+
+def test_the_archive_folder_is_another_folder_than_the_one_read() -> None:
+    assert ProducerOptions().archive_folder == "Archive"
+    assert ProducerOptions(archive_folder=None).archive_folder is None
+    for folder, archive in (("INBOX", "INBOX"), ("INBOX", "inbox"), ("Stores", "Stores"), ("INBOX", "")):
+        with pytest.raises(ValueError, match="another folder than the one read"):
+            ProducerOptions(folder=folder, archive_folder=archive)
+    assert ProducerOptions(folder="Stores", archive_folder="stores").archive_folder == "stores"

@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from omnistream.reconcile import journal_paths, read_journal, source_truth
+from producers.emails.model import Provenance
+from producers.emails.parser import ParseError, parse_email
 from simulators.email_plan import (
     ANOMALY_BLOCK,
     ANOMALY_KINDS,
@@ -105,6 +107,24 @@ def plan(seed: int = 5, count: int = 400, share: float = 0.3) -> list[PlannedEma
 def test_plan_is_deterministic() -> None:
     assert plan() == plan()
     assert plan(seed=6) != plan()
+
+
+def test_every_planned_line_is_within_the_confirmation_rule_and_genuine_emails_parse() -> None:
+    # The producer's rule (producers/emails/parser.py): quantity at least 1, unit price 0 or more. The
+    # simulator's malformed kinds break other things (a missing Total, a garbled line), never this.
+    emails = plan(seed=11, count=600, share=0.3)
+    for planned in emails:
+        for line in planned.purchase.lines:
+            assert line.quantity >= 1 and line.unit_price >= 0, (planned.seq, line)
+    provenance = Provenance("imap://confirmations@127.0.0.1:13143/INBOX", 1, 1, datetime.now(UTC))
+    at = datetime(2026, 11, 25, 18, 4, 5, tzinfo=UTC)
+    for planned in emails:
+        raw = build_message(planned, at, at, "to@example.com", "example.com", "<m@example.com>").as_bytes()
+        if planned.malformed:
+            with pytest.raises(ParseError, match=r"missing field|garbled"):
+                parse_email(raw, provenance)
+        else:
+            assert parse_email(raw, provenance).total == planned.purchase.total
 
 
 def test_order_numbers_run_per_store() -> None:
