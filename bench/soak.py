@@ -45,6 +45,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from omnistream.inspect.records import record_counts
+from omnistream.scheduler.client import AirflowClient
 from omnistream.settings import Settings, get_settings
 from omnistream.sink.layout import overlapping, parse_file_name
 from omnistream.stack.manager import Stack
@@ -66,6 +67,8 @@ class SoakReport:
     dead_letters: int = 0
     poison_sent: dict[str, str] = field(default_factory=dict)  # Message-ID → kind
     poison_in_dlq: dict[str, str] = field(default_factory=dict)  # Message-ID → reason
+    restarts_shown: dict[str, int] = field(default_factory=dict)  # by `omnistream status`, per killed service
+    dbt_runs_succeeded: int = 0  # scheduled omnistream_dbt runs Airflow reports as successful
     healthy_before_drain: bool = False
     reconciliation: dict[str, Any] = field(default_factory=dict)
     offsets_exactly_once: bool = False
@@ -194,10 +197,24 @@ class Soak:
                 self.quiet(60)
             self.report.faults[fault] += 1
         self.report.minutes = (time.monotonic() - began) / 60
-        self.say("quiescing: waiting for a healthy status, then down --drain")
+        self.say("quiescing: waiting for a healthy status and a successful dbt run, then down --drain")
+        airflow = AirflowClient(self.settings)
+        self.wait(
+            "a successful omnistream_dbt run", lambda: airflow.last_run("omnistream_dbt") is not None, 600
+        )
+        self.report.dbt_runs_succeeded = len(airflow.runs("omnistream_dbt", limit=100, state="success"))
         self.wait("healthy before the drain", lambda: self.status()["exit"] == 0, 600)
-        self.report.healthy_before_drain = self.status()["exit"] == 0
-        self.report.dead_letters = sum(self.status()["dead_letters"].values())
+        final = self.status()
+        self.report.healthy_before_drain = final["exit"] == 0
+        self.report.dead_letters = sum(final["dead_letters"].values())
+        restarts = {p["name"]: p["restarts"] + p["revived_by_watchdog"] for p in final["processes"]}
+        for name in KILLS:
+            kills = self.report.faults[f"kill:{name}"]
+            self.report.restarts_shown[name] = restarts.get(name, 0)
+            if restarts.get(name, 0) < kills:
+                self.report.failures.append(
+                    f"{name}: killed {kills} times, status shows {restarts.get(name)}"
+                )
         down = self.omnistream("down", "--drain")
         if down.returncode != 0:
             self.report.failures.append(f"down --drain failed: {(down.stdout + down.stderr)[-1500:]}")
