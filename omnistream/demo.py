@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import psycopg
 
+from omnistream.connect.postgres import wait_until_slots_confirm_wal_end
 from omnistream.reconcile import reconcile
 from omnistream.settings import Settings
 from omnistream.stack.manager import Stack
@@ -149,21 +149,10 @@ class Demo:
     def wait_for_cdc(self, timeout_s: float = 120) -> None:
         """Until Debezium has confirmed every change committed so far (its slot reached the WAL end)."""
         self.say("[bold]waiting for Debezium to catch up[/bold]")
-        deadline = time.monotonic() + timeout_s
-        with psycopg.connect(self.settings.postgres.dsn(), autocommit=True) as conn:
-            target = conn.execute("select pg_current_wal_lsn()").fetchone()
-            while time.monotonic() < deadline:
-                row = conn.execute(
-                    "select bool_and(confirmed_flush_lsn >= %s) from pg_replication_slots "
-                    "where database = %s and slot_type = 'logical'",
-                    [target[0] if target else None, self.settings.postgres.database],
-                ).fetchone()
-                if row and row[0]:
-                    return
-                time.sleep(0.5)
-        raise RuntimeError(
-            f"Debezium did not catch up within {timeout_s:.0f}s; see `omnistream connect status`"
-        )
+        if not wait_until_slots_confirm_wal_end(self.settings, timeout_s):
+            raise RuntimeError(
+                f"Debezium did not catch up within {timeout_s:.0f}s; see `omnistream connect status`"
+            )
 
     def collect(self) -> None:
         con = duckdb.connect(str(default_duckdb_path(self.settings)), read_only=True)

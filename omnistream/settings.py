@@ -255,17 +255,28 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """``OMNISTREAM_*`` variables that make a child process (an ``omnistream`` command) use ``settings``."""
+def settings_environment(settings: Settings, *, secrets: bool = True) -> dict[str, str]:
+    """``settings`` as ``OMNISTREAM_<SECTION>__<KEY>`` variables, paths absolute, so that a process started
+    with them (in any working directory) reads back the same settings.
+
+    With ``secrets=False`` the secrets are left out: the process then gets them as every omnistream process
+    does, from its own environment or from the stack's generated secrets file (which the state directory
+    variable points at), and none is written into a configuration file.
+    """
     env: dict[str, str] = {}
     for section in type(settings).model_fields:
         model = getattr(settings, section)
         for key in type(model).model_fields:
             value = getattr(model, key)
             if isinstance(value, SecretStr):
+                if not secrets:
+                    continue
                 value = value.get_secret_value()
-            if isinstance(value, Path):
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, Path):
                 value = value.resolve()
-            if value is not None:
-                env[f"OMNISTREAM_{section.upper()}__{key.upper()}"] = str(value)
+            env[f"OMNISTREAM_{section.upper()}__{key.upper()}"] = str(value)
     return env

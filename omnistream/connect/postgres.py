@@ -66,3 +66,23 @@ def drop_slot(settings: Settings, slot: str, *, dbname: str | None = None, timeo
                     "stop the connector that reads it (omnistream connect delete) and drop it again"
                 )
             time.sleep(0.5)
+
+
+def wait_until_slots_confirm_wal_end(settings: Settings, timeout_s: float) -> bool:
+    """Wait until every logical slot of the shop database confirmed the WAL end as of this call, that is
+    until Debezium has every change committed so far in Kafka; False if not within ``timeout_s``."""
+    pg = settings.postgres
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(pg.dsn(), autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute("select pg_current_wal_lsn()").fetchone()
+        target = row[0] if row else None
+        while time.monotonic() < deadline:
+            caught_up = conn.execute(
+                "select bool_and(confirmed_flush_lsn >= %s) from pg_replication_slots "
+                "where database = %s and slot_type = 'logical'",
+                [target, pg.database],
+            ).fetchone()
+            if caught_up and caught_up[0]:
+                return True
+            time.sleep(0.5)
+    return False

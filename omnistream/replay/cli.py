@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnistream.replay.dead_letters import replay_dead_letters
+from omnistream.replay.dead_letters import DEFAULT_MAX_ATTEMPTS, DeadLetterReplay, replay_dead_letters
 from omnistream.replay.landing import GroupActiveError, PartitionReplay, ReplayPoint, plan_replay, replay
 from omnistream.settings import get_settings
 from omnistream.sink.store import open_store
@@ -57,6 +57,35 @@ def _show(plans: list[PartitionReplay], title: str) -> None:
     Console().print(table)
 
 
+def _show_dead_letters(report: DeadLetterReplay) -> None:
+    """One row per record handled (resent, kept or given up), then a summary line."""
+    would = "would be " if report.dry_run else ""
+    if report.outcomes:
+        table = Table(title=f"{report.dlq_topic}{' (dry run)' if report.dry_run else ''}")
+        for column in ("record", "dead letter", "outcome", "attempt", "still failing because"):
+            table.add_column(column, justify="right" if column in ("dead letter", "attempt") else "left")
+        for o in report.outcomes:
+            topic, partition, offset = o.origin
+            table.add_row(
+                f"{topic}/{partition}/{offset}",
+                f"{o.dlq_partition}/{o.dlq_offset}",
+                f"{would}{o.action}",
+                f"{o.attempt} of {report.max_attempts}",
+                o.reason,
+            )
+        Console(width=max(Console().width, 160)).print(table)
+    typer.echo(
+        f"{report.dlq_topic}: {'dry run, nothing written: ' if report.dry_run else ''}"
+        f"{would}resent {report.resent} dead letter(s)"
+        + "".join(f", {n} to {t}" for t, n in sorted(report.resent_to.items()))
+        + f"; {would}kept {report.kept} still failing"
+        + f"; {'would give' if report.dry_run else 'gave'} up on {report.gave_up}"
+        + f" after {report.max_attempts} attempt(s)"
+        + f"; skipped {report.duplicates} duplicate(s), {report.not_resendable} not from a Kafka record"
+        + (f", {report.given_up_before} given up before" if report.given_up_before else "")
+    )
+
+
 @replay_app.callback()
 def replay_command(
     topics: list[str] | None = TOPICS,
@@ -70,22 +99,32 @@ def replay_command(
         None, "--from-time", help="Replay from the first record at or after this ISO 8601 time."
     ),
     dlq_topic: str | None = typer.Option(
-        None, "--dlq", help="Resend the dead letters of TOPIC (or of DLQ topic TOPIC.dlq) to their topics."
+        None,
+        "--dlq",
+        help=(
+            "Resend the dead letters of TOPIC (or of DLQ topic TOPIC.dlq) whose records the sink now "
+            "decodes; keep the others in the DLQ, counting the attempt."
+        ),
+    ),
+    max_attempts: int = typer.Option(
+        DEFAULT_MAX_ATTEMPTS,
+        "--max-attempts",
+        min=1,
+        help="With --dlq: give up on a record after this many replay attempts.",
     ),
     group: str | None = typer.Option(None, "--group", help="Sink group (default: settings.landing)."),
     directory: Path | None = DIRECTORY,
     bucket: str | None = typer.Option(None, "--bucket", help="Landing GCS bucket (default: settings)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be deleted; change nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what would be deleted (or, with --dlq, resent); change nothing."
+    ),
 ) -> None:
     """Delete the landing files from the replay point on and reset the sink group; the next sink run
     lands those records again. A point inside a file snaps down to that file's first offset."""
     settings = get_settings()
     if dlq_topic is not None:
-        report = replay_dead_letters(settings, dlq_topic)
-        typer.echo(
-            f"{report.dlq_topic}: resent {report.resent} dead letter(s)"
-            + "".join(f", {n} to {t}" for t, n in sorted(report.resent_to.items()))
-            + f"; skipped {report.duplicates} duplicate(s), {report.not_resendable} not from a Kafka record"
+        _show_dead_letters(
+            replay_dead_letters(settings, dlq_topic, max_attempts=max_attempts, dry_run=dry_run)
         )
         return
     names = [t for arg in topics or [] for t in arg.split(",") if t]

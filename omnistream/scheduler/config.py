@@ -34,18 +34,15 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
-from pydantic import BaseModel, SecretStr
 
 import omnistream
-from omnistream.settings import Settings, get_settings
+from omnistream.settings import Settings, get_settings, settings_environment
 from omnistream.stack.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -144,38 +141,6 @@ def ensure_secrets(settings: Settings) -> AirflowSecrets:
     return AirflowSecrets(**{field: values[key] for key, field in _SECRET_KEYS.items()})
 
 
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Path):
-        return str(value.resolve())
-    if isinstance(value, Enum):
-        return str(value.value)
-    if isinstance(value, list | dict | tuple):
-        return json.dumps(value)
-    return str(value)
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """``settings`` as ``OMNISTREAM_<SECTION>__<KEY>`` variables, paths absolute, so that a process started
-    with them (in any working directory) reads back the same settings.
-
-    Secrets are left out: a process gets them as every omnistream process does, from its environment or
-    from the stack's generated secrets file under the state directory (which the variables point at).
-    """
-    env: dict[str, str] = {}
-    for section in type(settings).model_fields:
-        model = getattr(settings, section)
-        if not isinstance(model, BaseModel):
-            continue
-        for key in type(model).model_fields:
-            value = getattr(model, key)
-            if value is not None and not isinstance(value, SecretStr):
-                env[f"OMNISTREAM_{section.upper()}__{key.upper()}"] = _env_value(value)
-    env["OMNISTREAM_STACK__STATE_DIR"] = str(Layout.from_settings(settings).root)
-    return env
-
-
 def _database_url(settings: Settings, password: str, driver: str) -> str:
     pg, af = settings.postgres, settings.airflow
     credentials = f"{quote(af.user, safe='')}:{quote(password, safe='')}"
@@ -196,7 +161,7 @@ def airflow_environment(settings: Settings, base: Mapping[str, str] | None = Non
     keys = ensure_secrets(settings)
     base = os.environ if base is None else base
     env = {key: value for key, value in base.items() if key.startswith("OMNISTREAM_")}
-    env.update(settings_environment(settings))
+    env.update(settings_environment(settings, secrets=False))
     env.update(
         {
             "AIRFLOW_HOME": str(home),

@@ -7,6 +7,11 @@ categories of :mod:`omnistream.sink.avro`), ``source`` ``kafka://<topic>`` and `
 is the ``source_id``; the Kafka headers are the record's own headers, unchanged. That is everything
 ``omnistream replay --dlq`` needs to send the record back as it was once the cause is fixed.
 
+A record ``replay --dlq`` sent back carries the number of its replay attempts in the header
+``omnistream.replay.attempts``. Dead-lettered again, it keeps that header (with all the others) and the
+count is also written to the dead letter's ``replay_attempts`` attribute, so the next replay continues the
+count and gives up after its maximum instead of bouncing the record between topic and DLQ for ever.
+
 Every dead letter is acknowledged by the broker before the file accounting for its offset is committed, so
 none is lost; a crash in between sends it again on restart (at least once), which ``replay --dlq`` absorbs by
 deduplicating on the origin.
@@ -15,7 +20,7 @@ deduplicating on the origin.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,10 +44,23 @@ KAFKA_SOURCE = "kafka://"
 ERROR_CLASS = f"{UndecodableRecord.__module__}.{UndecodableRecord.__qualname__}"
 STAGE = "landing"
 DLQ_PARTITIONS = 1
+# The replay attempts a record has had, as ASCII digits: set by ``replay --dlq``, kept by dead letters.
+ATTEMPTS_HEADER = "omnistream.replay.attempts"
+ATTEMPTS_ATTRIBUTE = "replay_attempts"
 
 
 def source_id(topic: str, partition: int, offset: int) -> str:
     return f"{topic}/{partition}/{offset}"
+
+
+def attempts_in(headers: Sequence[tuple[str, bytes | str | None]] | None) -> int:
+    """The replay attempts counted in a record's headers (the last ``ATTEMPTS_HEADER``); 0 if none."""
+    count = 0
+    for name, value in headers or ():
+        if name == ATTEMPTS_HEADER and value is not None:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            count = int(text) if text.isdigit() else count
+    return count
 
 
 def dead_letter(rejected: RejectedRecord, failed_at: datetime | None = None) -> dict[str, Any]:
@@ -50,6 +68,9 @@ def dead_letter(rejected: RejectedRecord, failed_at: datetime | None = None) -> 
     attributes = {"partition": str(rejected.partition), "offset": str(rejected.offset), "stage": STAGE}
     if rejected.timestamp_ms is not None:
         attributes["timestamp_ms"] = str(rejected.timestamp_ms)
+    attempts = attempts_in(rejected.headers)
+    if attempts:  # a record replay --dlq sent back: the count goes on with it
+        attributes[ATTEMPTS_ATTRIBUTE] = str(attempts)
     return DeadLetter(
         topic=rejected.topic,
         key=rejected.key,
@@ -99,7 +120,8 @@ class DeadLetterSender:
         stop=stop_after_delay(60),
         reraise=True,
     )
-    def _encode(self, letter: dict[str, Any], target: str) -> bytes:
+    def encode(self, letter: dict[str, Any], target: str) -> bytes:
+        """``letter`` (a ``DeadLetter`` record) in the wire format, its schema registered for ``target``."""
         if self._serializer is None:
             self._serializer = AvroSerializer(
                 registry_client(self.settings),
@@ -129,7 +151,7 @@ class DeadLetterSender:
         for record in rejected:
             target = dlq(record.topic)
             self._ensure_topic(target)
-            value = self._encode(dead_letter(record), target)
+            value = self.encode(dead_letter(record), target)
             key = source_id(record.topic, record.partition, record.offset).encode()
             headers: list[Any] = record.headers
             log.warning("dead-lettering %s to %s: %s", key.decode(), target, record.reason)

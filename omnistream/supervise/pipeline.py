@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-
+from omnistream.connect.postgres import wait_until_slots_confirm_wal_end
 from omnistream.settings import Settings, settings_environment
 from omnistream.stack.manager import Stack
 from omnistream.supervise.catalogue import SERVICES, Kind
@@ -68,7 +67,7 @@ def expected_kinds(sources: str) -> tuple[Kind, ...]:
 
 def _omnistream(settings: Settings, *args: str, what: str) -> None:
     """Run an ``omnistream`` command as a user would, with this stack's settings; fail with its output."""
-    env = {**os.environ, **settings_environment(settings)}
+    env = {**os.environ, **settings_environment(settings, secrets=False)}
     result = subprocess.run(
         [sys.executable, "-m", "omnistream", *args], env=env, capture_output=True, text=True, check=False
     )
@@ -158,22 +157,8 @@ class Drain:
         _omnistream(self.settings, "dbt", "build", what="the last dbt build")
 
     def wait_for_cdc(self, timeout_s: float = 180.0) -> None:
-        """Until Debezium confirmed every change committed so far (its slot reached the current WAL end)."""
         self.progress("Debezium: waiting until every committed change is in Kafka")
-        pg = self.settings.postgres
-        deadline = time.monotonic() + timeout_s
-        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            row = conn.execute("select pg_current_wal_lsn()").fetchone()
-            target = row[0] if row else None
-            while time.monotonic() < deadline:
-                caught_up = conn.execute(
-                    "select bool_and(confirmed_flush_lsn >= %s) from pg_replication_slots "
-                    "where database = %s and slot_type = 'logical'",
-                    [target, pg.database],
-                ).fetchone()
-                if caught_up and caught_up[0]:
-                    return
-                time.sleep(0.5)
-        raise PipelineError(
-            f"Debezium did not catch up within {timeout_s:.0f}s; see `omnistream connect status`"
-        )
+        if not wait_until_slots_confirm_wal_end(self.settings, timeout_s):
+            raise PipelineError(
+                f"Debezium did not catch up within {timeout_s:.0f}s; see `omnistream connect status`"
+            )

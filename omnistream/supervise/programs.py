@@ -84,7 +84,9 @@ def build_programs(
 ) -> list[Program]:
     """Every program of the catalogue, in start order (servers first)."""
     servers = servers or build_services(settings, layout)
-    child_env = {**settings_environment(settings), "PYTHONUNBUFFERED": "1"}
+    # Secrets stay out of the programs' environment files: each process reads them as any omnistream
+    # command does (its inherited environment, else the stack's secrets file).
+    child_env = {**settings_environment(settings, secrets=False), "PYTHONUNBUFFERED": "1"}
     commands = pipeline_commands(settings)
     workdir = Path(os.getcwd())
     programs = []
