@@ -34,6 +34,7 @@ def up(
     ),
 ) -> None:
     """Run the whole pipeline continuously under supervisord (idempotent: what runs is left alone)."""
+    from omnistream.scheduler.config import AirflowSetupError
     from omnistream.settings import get_settings
     from omnistream.stack.manager import ServiceFailed
     from omnistream.supervise.control import SupervisorError
@@ -48,7 +49,7 @@ def up(
         console.print(f"[red]{failure.service} did not come up:[/red] {failure.reason}", highlight=False)
         console.print(f"log: {failure.logfile}")
         raise typer.Exit(1) from None
-    except (PipelineError, SupervisorError) as exc:
+    except (PipelineError, SupervisorError, AirflowSetupError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     already = f"; already running: {', '.join(result.already_running)}" if result.already_running else ""
