@@ -28,6 +28,7 @@ import psutil
 from omnistream.scheduler.client import AirflowClient
 from omnistream.settings import Settings, get_settings
 from omnistream.stack.manager import Stack
+from omnistream.stack.secrets import ensure_local_secrets
 from omnistream.stack.second import as_environment, second_stack_settings
 
 
@@ -76,6 +77,7 @@ def main() -> None:
             if up.returncode != 0:
                 raise SystemExit(f"omnistream up failed:\n{up.stdout}{up.stderr}")
             up_s = time.monotonic() - began
+            ensure_local_secrets(settings)  # drawn by `up`: read them back (the GreenMail check logs in)
             first_landed = up_s + wait("first landed record", lambda: landed(settings))
             airflow = AirflowClient(settings)
             first_dbt = first_landed + wait(
