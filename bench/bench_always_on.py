@@ -28,8 +28,8 @@ import psutil
 from omnistream.scheduler.client import AirflowClient
 from omnistream.settings import Settings, get_settings
 from omnistream.stack.manager import Stack
-from omnistream.stack.secrets import ensure_local_secrets
 from omnistream.stack.second import as_environment, second_stack_settings
+from omnistream.stack.secrets import ensure_local_secrets
 
 
 def wait(what: str, check: Callable[[], bool], timeout_s: float = 900.0) -> float:
