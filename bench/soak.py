@@ -206,8 +206,8 @@ class Soak:
         self.wait("healthy before the drain", lambda: self.status()["exit"] == 0, 600)
         final = self.status()
         self.report.healthy_before_drain = final["exit"] == 0
-        self.report.dead_letters = sum(final["dead_letters"].values())
-        restarts = {p["name"]: p["restarts"] + p["revived_by_watchdog"] for p in final["processes"]}
+        self.report.dead_letters = sum(final.get("dead_letters", {}).values())
+        restarts = {p["name"]: p["restarts"] + p["revived_by_watchdog"] for p in final.get("processes", [])}
         for name in KILLS:
             kills = self.report.faults[f"kill:{name}"]
             self.report.restarts_shown[name] = restarts.get(name, 0)
@@ -343,11 +343,14 @@ def main() -> None:
     settings.pipeline.history_rows = 20_000
     settings.airflow.dbt_every_minutes = 2.0
     soak = Soak(settings, args.seed, say)
+    report = soak.report
     try:
-        report = soak.run(args.minutes)
+        soak.run(args.minutes)
         # The poison check reads the DLQ from Kafka: bring the servers back (no pipeline) to read it.
         soak.stack.up(progress=lambda _: None)
         soak.check_poison()
+    except Exception as exc:  # the report is printed whatever happened: a crash is a failure in it
+        report.failures.append(f"the soak itself failed: {type(exc).__name__}: {exc}")
     finally:
         soak.stack.down(purge=not args.keep)
     data = asdict(report)
