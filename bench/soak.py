@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
@@ -60,7 +59,8 @@ FAULTS = (*(f"kill:{name}" for name in KILLS), *(f"poison:{kind}" for kind in PO
 @dataclass
 class SoakReport:
     minutes: float = 0.0
-    faults: Counter[str] = field(default_factory=Counter)
+    # A plain dict, not a Counter: dataclasses.asdict rebuilds a Counter from (key, value) pairs as keys.
+    faults: dict[str, int] = field(default_factory=dict)
     recovery_s: dict[str, float] = field(default_factory=dict)  # worst per killed service
     max_lag_records: int = 0
     records_landed: int = 0
@@ -195,7 +195,7 @@ class Soak:
                 self.poison(target)
             else:
                 self.quiet(60)
-            self.report.faults[fault] += 1
+            self.report.faults[fault] = self.report.faults.get(fault, 0) + 1
         self.report.minutes = (time.monotonic() - began) / 60
         self.say("quiescing: waiting for a healthy status and a successful dbt run, then down --drain")
         airflow = AirflowClient(self.settings)
@@ -209,7 +209,7 @@ class Soak:
         self.report.dead_letters = sum(final.get("dead_letters", {}).values())
         restarts = {p["name"]: p["restarts"] + p["revived_by_watchdog"] for p in final.get("processes", [])}
         for name in KILLS:
-            kills = self.report.faults[f"kill:{name}"]
+            kills = self.report.faults.get(f"kill:{name}", 0)
             self.report.restarts_shown[name] = restarts.get(name, 0)
             if restarts.get(name, 0) < kills:
                 self.report.failures.append(
