@@ -1,7 +1,8 @@
 # The omnistream application image: CLI, simulators, producers, landing sink, dbt and Airflow (the dev
 # extra carries Airflow, fakesnow and the linters).
-ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim
+# The default is .env's PYTHON_VERSION (docker compose passes it); bookworm is the local stack's Debian 12.
+ARG PYTHON_VERSION=3.11.16
+FROM python:${PYTHON_VERSION}-slim-bookworm
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md .env ./

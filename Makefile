@@ -3,13 +3,14 @@
 #   make test   unit + integration tests against the real local stack
 #   make bench  benchmarks that print figures
 #   make lint   ruff, mypy, sqlfluff
+#   make compose-smoke  docker compose up, land, dbt, reconcile, down -v (needs a Docker engine; CI never runs it)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages demo test unit integration bench lint format stack-down clean
+.PHONY: install system-packages demo test unit integration bench lint format stack-down clean compose-smoke
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,3 +59,7 @@ stack-down:
 
 clean: stack-down
 	$(BIN)/omnistream stack down --purge
+
+# The full stack under docker compose, end to end (stack/compose-smoke.sh): needs a Docker engine.
+compose-smoke:
+	bash stack/compose-smoke.sh
