@@ -1,7 +1,11 @@
 """The main job on the local stack: every source, through Kafka and the landing zone, into the marts.
 
 Each step runs the same ``omnistream`` command a user would, as a subprocess, and shows its progress.
-The report reconciles the marts with the simulators' ground truth, to the cent (omnistream/reconcile.py).
+The history takes the production path: generated, uploaded to the GCS bucket (the emulator), then loaded
+from the bucket into the warehouse with ``omnistream dbt load-history`` (each object downloaded and its
+checksum checked and recorded), and loaded a second time to show that nothing is loaded twice. The report
+reconciles the marts with the simulators' ground truth, history included, to the cent
+(omnistream/reconcile.py).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class DemoReport:
     latency_ms: dict[str, float] = field(default_factory=dict)
     mismatches: list[str] = field(default_factory=list)
     reconciled_keys: int = 0
+    # The history load from the bucket: the first load's report, the second's, and the warehouse's ledger.
+    history_load: dict[str, Any] = field(default_factory=dict)
 
 
 def omnistream(*args: str) -> list[str]:
@@ -64,19 +70,22 @@ class Demo:
         self.state = settings.stack.state_dir
         self.report = DemoReport()
 
-    def step(self, name: str, *commands: list[str]) -> None:
-        """Run commands side by side; fail with the command's output if one fails."""
+    def step(self, name: str, *commands: list[str]) -> list[str]:
+        """Run commands side by side; fail with the command's output if one fails; return their outputs."""
         self.say(f"[bold]{name}[/bold]")
         began = time.monotonic()
         procs = [
             subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands
         ]
+        outputs = []
         for command, proc in zip(commands, procs, strict=True):
             output, _ = proc.communicate()
             if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(command[2:])} failed:\n{output[-3000:]}")
+            outputs.append(output)
         self.report.seconds[name] = time.monotonic() - began
         self.say(f"  done in {self.report.seconds[name]:.1f}s")
+        return outputs
 
     def run(self) -> DemoReport:
         stack = Stack(self.settings)
@@ -93,6 +102,8 @@ class Demo:
             f"history: {self.scale.history_rows:,} order lines → Parquet → GCS bucket",
             omnistream("simulate", "history", "--seed", seed, "--rows", str(self.scale.history_rows)),
         )
+        history = f"gs://{self.settings.gcs.bucket}/history"
+        self.load_history(history)
         self.step("connectors: Debezium PostgreSQL → Kafka", omnistream("connect", "apply"))
         api = subprocess.Popen(
             omnistream("simulate", "api", "--seed", seed, "--drift", "--drift-every", "5"),
@@ -141,10 +152,20 @@ class Demo:
         self.step("landing sink: Kafka → Parquet, until caught up", omnistream("sink", "--drain"))
         self.say("[bold]dbt build[/bold]")
         began = time.monotonic()
-        run_dbt(["build"], DbtRun(), self.settings)
+        run_dbt(["build"], DbtRun(history_root=history), self.settings)
         self.report.seconds["dbt build"] = time.monotonic() - began
         self.collect()
         return self.report
+
+    def load_history(self, history: str) -> None:
+        """Bucket → warehouse with `omnistream dbt load-history`, twice: the second run must load nothing."""
+        load = omnistream("dbt", "load-history", "--history", history, "--json")
+        (first,) = self.step("history: bucket → warehouse (load-history)", load)
+        (again,) = self.step("history: load again (checksums unchanged: nothing to load)", load)
+        first_report, again_report = _last_json(first), _last_json(again)
+        if again_report["loaded"] or again_report["skipped"] != first_report["loaded"]:
+            raise RuntimeError(f"a second history load loaded files again: {again_report}")
+        self.report.history_load = {"first": first_report, "again": again_report}
 
     def wait_for_cdc(self, timeout_s: float = 120) -> None:
         """Until Debezium has confirmed every change committed so far (its slot reached the WAL end)."""
@@ -157,6 +178,17 @@ class Demo:
     def collect(self) -> None:
         con = duckdb.connect(str(default_duckdb_path(self.settings)), read_only=True)
         try:
+            ledger = con.execute(
+                "select count(*), coalesce(sum(row_count), 0), count(*) filter (where source_file like 'gcs://%')"
+                " from raw.history_files"
+            ).fetchone()
+            if ledger and self.report.history_load:
+                files, rows, from_bucket = ledger
+                self.report.history_load["ledger"] = {
+                    "files": files,
+                    "rows": rows,
+                    "from_bucket": from_bucket,
+                }
             marts = con.execute(
                 "select table_schema, table_name from information_schema.tables "
                 "where table_schema like '%marts' order by table_name"
@@ -199,8 +231,26 @@ class Demo:
             self.report.latency_ms = {"p50": float(row[0]), "p95": float(row[1])}
 
 
+def _last_json(output: str) -> dict[str, Any]:
+    """The JSON report a command printed last (its log lines may precede it)."""
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("{"))
+    report: dict[str, Any] = json.loads(line)
+    return report
+
+
 def report_lines(report: DemoReport) -> list[str]:
-    lines = ["", "rows landed per topic:"]
+    lines = [""]
+    if report.history_load:
+        first, again = report.history_load["first"], report.history_load["again"]
+        ledger = report.history_load.get("ledger", {})
+        lines += [
+            f"history loaded from {first['source']}: {first['loaded']} files, {first['rows']:,} rows; "
+            f"loaded again: {again['loaded']} files, {again['skipped']} already loaded",
+            f"  warehouse ledger raw.history_files: {ledger.get('files', 0)} files "
+            f"({ledger.get('from_bucket', 0)} from the bucket), {ledger.get('rows', 0):,} rows, "
+            "each with its MD5",
+        ]
+    lines += ["rows landed per topic:"]
     lines += [f"  {topic:<40} {n:>10,}" for topic, n in report.landed_rows.items()]
     lines += ["rows per mart:"] + [f"  {mart:<40} {n:>10,}" for mart, n in report.mart_rows.items()]
     lines += ["revenue (gross) per channel:"] + [f"  {c:<40} {v:>14,.2f}" for c, v in report.revenue.items()]
@@ -231,5 +281,6 @@ def write_report(report: DemoReport, path: Path) -> None:
         "latency_ms": report.latency_ms,
         "reconciled_keys": report.reconciled_keys,
         "mismatches": report.mismatches,
+        "history_load": report.history_load,
     }
     path.write_text(json.dumps(data, indent=2))

@@ -11,7 +11,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, SecretStr, model_validator
+from pydantic import BaseModel, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK = "127.0.0.1"
@@ -91,10 +91,31 @@ class ConnectSettings(BaseModel):
     port: int = 18083
     heap: str = "768m"
     group_id: str = "omnistream-connect"
+    # More plugins for the local stack's worker, appended to its plugin.path (comma-separated, as Connect
+    # writes plugin.path): directories of plugin folders or uber-jars, or one jar. E.g. a Snowflake
+    # connector newer than the 2.5.0 that Maven Central serves.
+    extra_plugin_path: str = ""
+    # Bundled plugin folders (under <dist>/connect-plugins) kept off plugin.path, comma-separated, e.g.
+    # "snowflake-kafka-connector" so that the one from extra_plugin_path is the only version.
+    exclude_bundled_plugins: str = ""
+
+    @field_validator("extra_plugin_path")
+    @classmethod
+    def _absolute_paths(cls, value: str) -> str:
+        """Relative entries are taken from the working directory now, so every process reads the same."""
+        return ",".join(str(Path(p.strip()).expanduser().resolve()) for p in value.split(",") if p.strip())
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def extra_plugin_dirs(self) -> list[Path]:
+        return [Path(p) for p in self.extra_plugin_path.split(",") if p]
+
+    @property
+    def excluded_plugins(self) -> list[str]:
+        return [p.strip() for p in self.exclude_bundled_plugins.split(",") if p.strip()]
 
 
 class MailSettings(BaseModel):
@@ -216,6 +237,34 @@ class PipelineSettings(BaseModel):
     restart_backoff_max_s: float = 300.0
 
 
+class HistorySettings(BaseModel):
+    """The history load (``omnistream dbt load-history``, the ``omnistream_history_load`` DAG)."""
+
+    # The dataset: a directory or gs://bucket/prefix. Empty: gs://<gcs.bucket>/history.
+    root: str = ""
+    # Snowflake: how the stage reaches the files. "integration": an external stage on `stage_url` granted
+    # by the storage integration `storage_integration` (which an account admin creates once, see the
+    # README). "internal": no integration; the loader reads the bucket with its own Google credentials and
+    # PUTs each file into an internal stage.
+    stage_access: str = "integration"
+    storage_integration: str = "OMNISTREAM_HISTORY_GCS"
+    # The external stage's URL. Empty: gcs://<gcs.bucket>/history/.
+    stage_url: str = ""
+
+    @field_validator("stage_access")
+    @classmethod
+    def _known_access(cls, value: str) -> str:
+        if value not in ("integration", "internal"):
+            raise ValueError("history.stage_access is `integration` (default) or `internal`")
+        return value
+
+    def dataset(self, gcs: GcsSettings) -> str:
+        return self.root or f"gs://{gcs.bucket}/history"
+
+    def stage(self, gcs: GcsSettings) -> str:
+        return self.stage_url or f"gcs://{gcs.bucket}/history/"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OMNISTREAM_",
@@ -236,6 +285,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     airflow: AirflowSettings = AirflowSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    history: HistorySettings = HistorySettings()
 
     @model_validator(mode="after")
     def _fill_local_secrets(self) -> Settings:

@@ -8,6 +8,10 @@ landed Parquet; ``snowflake``: the Kafka connector's tables), with connection de
 runs: parsing this file imports nothing but Airflow's SDK and omnistream's settings (for the interval). A
 build is idempotent (views and tables are rebuilt from the raw layer, snapshots record only real changes), so
 a retry or an overlapping schedule is harmless; runs do not overlap anyway (max_active_runs=1).
+
+The task runs in the ``omnistream_warehouse`` pool (one slot), as does the history load's, so Airflow never
+runs the two writers of the local DuckDB file together; the warehouse lock the task takes covers writers
+outside Airflow (the CLI, `make demo`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pendulum
 from airflow.sdk import dag, task
 
 from omnistream.settings import get_settings
+from omnistream.warehouse.lock import AIRFLOW_POOL
 
 
 @dag(
@@ -32,7 +37,7 @@ from omnistream.settings import get_settings
     doc_md=__doc__,
 )
 def omnistream_dbt() -> None:
-    @task(execution_timeout=timedelta(minutes=30))
+    @task(execution_timeout=timedelta(minutes=30), pool=AIRFLOW_POOL)
     def dbt_build() -> dict[str, Any]:
         """`dbt build` on the configured target; fails the task (with dbt's output) if any node fails."""
         import os

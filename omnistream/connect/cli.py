@@ -1,4 +1,5 @@
-"""``omnistream connect apply | status | restart | delete``: the pipeline's Kafka Connect connectors."""
+"""``omnistream connect apply | validate | status | restart | delete``: the pipeline's Kafka Connect
+connectors."""
 
 from __future__ import annotations
 
@@ -12,19 +13,30 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnistream.connect import deploy
+from omnistream.connect import deploy, validation
 from omnistream.connect.client import ConnectClient, ConnectError, ConnectorStatus
-from omnistream.connect.config import CONNECT_DIR, OPT_IN, ConfigFileError, load_dir, select
+from omnistream.connect.config import (
+    CONNECT_DIR,
+    OPT_IN,
+    ConfigFileError,
+    Resolved,
+    load_dir,
+    render,
+    resolve,
+    select,
+)
 from omnistream.connect.postgres import SlotBusy
 from omnistream.settings import get_settings
 
 connect_app = typer.Typer(
-    help="Kafka Connect connectors (connect/*.json): apply, status, restart, delete.", no_args_is_help=True
+    help="Kafka Connect connectors (connect/*.json): apply, validate, status, restart, delete.",
+    no_args_is_help=True,
 )
 console = Console()
 T = TypeVar("T")
 
 Names = Annotated[list[str], typer.Argument(help="Connector names.")]
+ConfigDir = Annotated[Path, typer.Option("--dir", help="Folder of connector configs, one <name>.json each.")]
 Timeout = Annotated[
     float, typer.Option("--timeout", min=1.0, help="Seconds to wait for each connector to reach RUNNING.")
 ]
@@ -70,9 +82,7 @@ def _with_spinner(message: str, action: Callable[[], T]) -> T:
 @connect_app.command()
 def apply(
     ctx: typer.Context,
-    directory: Annotated[
-        Path, typer.Option("--dir", help="Folder of connector configs, one <name>.json each.")
-    ] = CONNECT_DIR,
+    directory: ConfigDir = CONNECT_DIR,
     include: Annotated[
         list[str] | None,
         typer.Option("--include", help=f"Also apply an opt-in connector ({', '.join(sorted(OPT_IN))})."),
@@ -107,6 +117,73 @@ def apply(
     skipped = sorted({f.name for f in load_dir(directory)} & OPT_IN - {f.name for f in files})
     if skipped:
         console.print(f"[dim]not applied (opt-in, --include NAME): {', '.join(skipped)}[/dim]")
+
+
+@connect_app.command()
+def validate(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Connector name (connect/<name>.json).")],
+    directory: ConfigDir = CONNECT_DIR,
+) -> None:
+    """Resolve every placeholder as the worker would, ask Connect to validate, say what it checked.
+
+    Exit status 0 if Connect found no error, 1 if it found some or a placeholder has no value, 2 if there
+    is no such connector config.
+    """
+    client: ConnectClient = ctx.obj
+    with _errors():
+        files = {f.name: f for f in load_dir(directory)}
+    if name not in files:
+        console.print(
+            f"[red]error:[/red] no connector config named {name!r} in {directory} "
+            f"(known: {', '.join(sorted(files))})",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    with _errors():
+        resolved = resolve(render([files[name]], get_settings()), name)
+        try:
+            report = _with_spinner(
+                f"validating {name} on {client.url}", lambda: validation.validate(client, resolved)
+            )
+        except ConnectError as exc:  # Connect's message may quote the config it was sent
+            raise ConnectError(resolved.redact(str(exc))) from None
+    _print_report(report, resolved, client.url)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(report: validation.Report, resolved: Resolved, url: str) -> None:
+    """The report, with no resolved value in it (Connect's messages are scrubbed of them too)."""
+    v = report.validation
+    versions = f" (installed: {', '.join(v.versions)})" if len(v.versions) > 1 else ""
+    plugin = f"{report.plugin} {v.version}".strip()
+    console.print(f"[bold]{report.name}[/bold]: validated by {plugin}{versions} on {url}", highlight=False)
+    if report.references:
+        console.print("resolved before sending (values not shown):")
+        for ref in report.references:
+            console.print(f"  {ref.field} ← {ref.text}: {ref.source}", highlight=False, markup=False)
+    checked, unchecked = report.checked, report.unchecked
+    console.print(
+        f"checked by Connect ({len(checked)} of {len(report.submitted)} fields): {', '.join(checked)}",
+        highlight=False,
+    )
+    if unchecked:
+        console.print(
+            "[yellow]not checked[/yellow] (no definition in Connect's answer): " + ", ".join(unchecked),
+            highlight=False,
+        )
+    if v.errors:
+        console.print(f"[red]{v.error_count} error(s):[/red]")
+        for field, errors in sorted(v.errors.items()):
+            for error in errors:
+                text = resolved.redact(error)
+                console.print(f"  {text if text.startswith(field) else f'{field}: {text}'}", markup=False)
+    if report.account:
+        console.print(f"account: {report.account}", highlight=False)
+    if report.at_start_only:
+        console.print(f"not checked here: {report.at_start_only}", highlight=False)
+    console.print("[green]valid[/green]" if report.ok else f"[red]invalid[/red]: {v.error_count} error(s)")
 
 
 @connect_app.command()

@@ -28,6 +28,8 @@ VALIDATE_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 30.0
 # 409: the worker group is rebalancing and cannot take a write yet; 502-504: a proxy in front of it.
 RETRY_STATUSES = frozenset({409, 502, 503, 504})
+# Kafka 4.x (KIP-891): which installed version of a plugin a connector runs; unset means the newest.
+CONNECTOR_VERSION = "connector.plugin.version"
 
 
 class ConnectError(RuntimeError):
@@ -40,6 +42,10 @@ class ConnectUnreachable(ConnectError):
 
 class ConnectorNotFound(ConnectError):
     """No connector of that name on the cluster."""
+
+
+class ValidationTimedOut(ConnectError):
+    """Connect stopped waiting for a plugin's validation (its REST request timeout, 90 s by default)."""
 
 
 class _Transient(Exception):
@@ -110,20 +116,42 @@ class ConnectorStatus:
 
 @dataclass(frozen=True)
 class Validation:
-    """The answer of ``PUT /connector-plugins/{class}/config/validate``."""
+    """The answer of ``PUT /connector-plugins/{class}/config/validate``.
+
+    Connect answers with one entry per field that it or the plugin defines (a ``definition``), whether the
+    config set it or not; a field of the config that nothing defines is absent, so nothing checked it.
+    """
 
     plugin: str
     error_count: int
     errors: dict[str, list[str]] = field(default_factory=dict)  # field name -> its errors
+    defined: frozenset[str] = frozenset()  # fields with a definition: the ones Connect checked
+    version: str = ""  # the plugin version that validated (connector.plugin.version, Kafka 4.x)
+    versions: tuple[str, ...] = ()  # the versions of the plugin installed on the worker
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Validation:
-        errors = {}
+        errors: dict[str, list[str]] = {}
+        defined: set[str] = set()
+        version: str = ""
+        versions: tuple[str, ...] = ()
         for item in body.get("configs", []):
             value = item.get("value") or {}
             if value.get("errors"):
                 errors[value["name"]] = list(value["errors"])
-        return cls(body.get("name", ""), int(body.get("error_count", 0)), errors)
+            if item.get("definition"):
+                defined.add(item["definition"]["name"])
+            if value.get("name") == CONNECTOR_VERSION:
+                version = str(value.get("value") or "")
+                versions = tuple(str(v) for v in value.get("recommended_values") or ())
+        return cls(
+            body.get("name", ""),
+            int(body.get("error_count", 0)),
+            errors,
+            frozenset(defined),
+            version,
+            versions,
+        )
 
     @property
     def ok(self) -> bool:
@@ -138,6 +166,14 @@ def trace_summary(trace: str, max_lines: int = 6, width: int = 300) -> str:
     picked = [lines[0]] + [line for line in lines[1:] if line.startswith("Caused by:")]
     unique = list(dict.fromkeys(picked))[:max_lines]
     return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in unique)
+
+
+def _message(response: httpx.Response) -> str:
+    """The ``message`` of Connect's error body, or the body itself."""
+    try:
+        return str(response.json().get("message", response.text))
+    except (ValueError, AttributeError):
+        return response.text
 
 
 def _transient(exc: BaseException) -> bool:
@@ -190,10 +226,7 @@ class ConnectClient:
     def _check(response: httpx.Response, what: str) -> httpx.Response:
         if response.is_success:
             return response
-        try:
-            message = response.json().get("message", response.text)
-        except ValueError:
-            message = response.text
+        message = _message(response)
         if response.status_code == 404:
             raise ConnectorNotFound(f"{what}: not found ({message})")
         raise ConnectError(f"{what}: Connect answered {response.status_code}: {message}")
@@ -214,7 +247,11 @@ class ConnectClient:
             json=config,
             timeout=VALIDATE_TIMEOUT_S,
         )
-        return Validation.from_json(self._check(response, f"validate {config.get('name', '?')}").json())
+        what = f"validate {config.get('name', '?')}"
+        if response.status_code == 500 and "timed out" in response.text.lower():
+            # The worker goes on validating in the background; only the answer is lost.
+            raise ValidationTimedOut(f"{what}: Connect stopped waiting: {_message(response)}")
+        return Validation.from_json(self._check(response, what).json())
 
     def get_config(self, name: str) -> dict[str, str]:
         path = f"/connectors/{quote(name, safe='')}/config"

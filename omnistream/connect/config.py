@@ -16,16 +16,23 @@ ever sees them):
 ``${file:…}`` and ``${env:…}`` references are left for the worker (its providers are ``file`` and ``env``,
 stack/conf/connect-distributed.properties); any other ``${provider:…}`` is an error, since it would stay
 unresolved at runtime.
+
+:func:`resolve` goes one step further for ``omnistream connect validate``: it replaces those references
+with the values the worker's providers would read, so that Connect validates the values the connector
+will really run with. Kafka Connect resolves references itself before it validates, but only with what
+the worker can read; one it cannot resolve reaches the connector as text, and the Snowflake connector
+then skips its login check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +51,8 @@ WORKER_PROVIDERS = frozenset({"file", "env"})
 
 PLACEHOLDER = re.compile(r"\$\{(omnistream|omnistream-secret):([A-Za-z0-9_.]+)\}")
 PROVIDER_REFERENCE = re.compile(r"\$\{([^}:]+):[^}]*\}")
+# Kafka's ConfigTransformer pattern: ${provider:[path:]key}.
+WORKER_REFERENCE = re.compile(r"\$\{([^}]*?):(([^}]*?):)?([^}]*?)\}")
 
 
 class ConfigFileError(ValueError):
@@ -70,6 +79,43 @@ class Rendered:
     configs: dict[str, dict[str, str]]  # connector name -> config (with "name")
     secrets: dict[str, str]  # key in the secrets file -> value
     secrets_file: Path
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One worker reference that :func:`resolve` replaced: where, which, and where its value came from."""
+
+    field: str
+    text: str  # e.g. ${env:SNOWFLAKE_URL}
+    source: str  # e.g. "environment variable SNOWFLAKE_URL"; never the value
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A config with no reference left, as the connector would receive it; and what was replaced."""
+
+    name: str
+    config: dict[str, str]
+    references: tuple[Reference, ...]
+    # The values put in, so that output can be scrubbed of them; never shown.
+    values: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every value put in by :func:`resolve` replaced by ``[resolved]``."""
+        for value in sorted(self.values, key=len, reverse=True):
+            if len(value) >= 4:
+                text = text.replace(value, "[resolved]")
+        return text
+
+
+class UnresolvedReferences(ConfigFileError):
+    """References whose provider would find no value; the message names each (never a value)."""
+
+    def __init__(self, name: str, missing: Sequence[tuple[str, str, str]]) -> None:
+        self.missing = list(missing)  # (field, reference, why)
+        lines = [f"{name}: {len(self.missing)} reference(s) have no value here; nothing was sent to Connect:"]
+        lines += [f"  {field}: {text}: {why}" for field, text, why in self.missing]
+        super().__init__("\n".join(lines))
 
 
 def secrets_path(settings: Settings) -> Path:
@@ -173,6 +219,67 @@ def render(files: Sequence[ConnectorFile], settings: Settings) -> Rendered:
     return Rendered(configs, secrets, secrets_file)
 
 
+def resolve(rendered: Rendered, name: str, environ: Mapping[str, str] | None = None) -> Resolved:
+    """``rendered.configs[name]`` with every ``${env:…}`` and ``${file:…}`` reference replaced by what the
+    worker's provider would read.
+
+    ``${env:VAR}`` comes from ``environ`` (this process's environment by default: the worker reads its
+    own, which is the same only if it was started with the same variables). ``${file:path:key}`` comes
+    from that properties file, except the secrets file :func:`render` refers to, whose values come from
+    the settings, as ``apply`` would write them. Every reference without a value is named in one
+    :class:`UnresolvedReferences`; an empty variable is a value (the provider passes it on as it is).
+    """
+    environ = os.environ if environ is None else environ
+    files: dict[Path, dict[str, str] | str] = {}  # path -> its entries, or why it cannot be read
+    missing: list[tuple[str, str, str]] = []
+    references: list[Reference] = []
+    values: list[str] = []
+
+    def from_file(path: Path, key: str) -> tuple[str | None, str]:
+        if path == rendered.secrets_file and key in rendered.secrets:
+            return rendered.secrets[key], f"setting {key} (apply writes it to {path})"
+        if path not in files:
+            try:
+                files[path] = read_properties(path)
+            except OSError as exc:
+                files[path] = f"cannot read {path} ({exc.strerror or type(exc).__name__})"
+        entries = files[path]
+        if isinstance(entries, str):
+            return None, entries
+        if key not in entries:
+            return None, f"{path} has no key {key!r}"
+        return entries[key], f"{path}, key {key}"
+
+    def lookup(provider: str, path: str | None, key: str) -> tuple[str | None, str]:
+        """(value or None, where it came from or why there is none)."""
+        if provider == "env" and not path:
+            value = environ.get(key)
+            return value, f"environment variable {key}" + ("" if value is not None else " is not set")
+        if provider == "file" and path:
+            return from_file(Path(path), key)
+        return None, f"the worker's providers ({', '.join(sorted(WORKER_PROVIDERS))}) cannot read it"
+
+    config: dict[str, str] = {}
+    for field, text in rendered.configs[name].items():
+        parts, end = [], 0
+        for match in WORKER_REFERENCE.finditer(text):
+            provider, _, path, key = match.groups()
+            value, source = lookup(provider, path, key)
+            parts.append(text[end : match.start()])
+            if value is None:
+                missing.append((field, match.group(0), source))
+                parts.append(match.group(0))
+            else:
+                references.append(Reference(field, match.group(0), source))
+                values.append(value)
+                parts.append(value)
+            end = match.end()
+        config[field] = "".join(parts) + text[end:]
+    if missing:
+        raise UnresolvedReferences(name, missing)
+    return Resolved(name, config, tuple(references), tuple(values))
+
+
 def escape_property(text: str, *, key: bool = False) -> str:
     r"""``text`` as java.util.Properties reads it back: ``\``, ``=``, ``:``, ``#``, ``!``, line breaks,
     leading blanks (all blanks in a key) and non-ASCII escaped."""
@@ -213,18 +320,27 @@ def unescape_property(text: str) -> str:
     return "".join(out).encode("utf-16-be", "surrogatepass").decode("utf-16-be")
 
 
-def read_secrets(path: Path) -> dict[str, str]:
-    """The entries of a secrets file written by :func:`write_secrets` (empty if there is none)."""
-    if not path.exists():
-        return {}
-    entries = {}
-    for line in path.read_text(encoding="ascii").splitlines():
-        if not line or line.startswith("#"):
+def read_properties(path: Path) -> dict[str, str]:
+    """A properties file as java.util.Properties (and so Kafka's ``file`` provider) reads it: comments,
+    ``=``, ``:`` or blank separators, continued lines, escapes."""
+    entries: dict[str, str] = {}
+    lines = iter(path.read_text(encoding="latin-1").splitlines())
+    for raw in lines:
+        line = raw.lstrip(" \t\f")
+        if not line or line[0] in "#!":
             continue
-        match = re.match(r"((?:[^\\=]|\\.)*)=(.*)", line)
+        # A line ending in an odd number of backslashes continues on the next one.
+        while (len(line) - len(line.rstrip("\\"))) % 2 == 1:
+            line = line[:-1] + next(lines, "").lstrip(" \t\f")
+        match = re.match(r"((?:[^\\=: \t\f]|\\.)*)[ \t\f]*[=:]?[ \t\f]*(.*)", line)
         if match:
             entries[unescape_property(match.group(1))] = unescape_property(match.group(2))
     return entries
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """The entries of a secrets file written by :func:`write_secrets` (empty if there is none)."""
+    return read_properties(path) if path.exists() else {}
 
 
 def write_secrets(path: Path, secrets: dict[str, str]) -> None:

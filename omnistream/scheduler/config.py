@@ -14,7 +14,8 @@ Everything they share comes from :func:`airflow_environment`, so all three alway
   what the caller configured, whatever the processes' working directory.
 
 :func:`prepare_airflow` must have run (it is idempotent and quick when nothing changed) before the programs
-start: it creates the role and the database and runs ``airflow db migrate``.
+start: it creates the role and the database, runs ``airflow db migrate`` and sets the pool
+``omnistream_warehouse`` to one slot (both DAGs' warehouse tasks run in it: one DuckDB writer at a time).
 
 Start the API server first and stop it last: the tasks report their state to it. The scheduler stops on
 SIGTERM once its running task has finished (LocalExecutor), so give it the length of a dbt build to do so;
@@ -44,6 +45,7 @@ from psycopg import sql
 import omnistream
 from omnistream.settings import Settings, get_settings, settings_environment
 from omnistream.stack.layout import Layout
+from omnistream.warehouse.lock import AIRFLOW_POOL
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,7 @@ def prepare_airflow(settings: Settings) -> None:
     expected = {"airflow": _airflow_version(), "database": settings.airflow.database, "revision": revision}
     if revision is not None and stamp_path.exists() and json.loads(stamp_path.read_text()) == expected:
         log.debug("Airflow's metadata database is current (revision %s)", revision)
+        _ensure_pool(settings)
         return
     env = process_environment(settings)  # before the lock: it may take it to write missing secrets
     with _locked(home):
@@ -303,3 +306,34 @@ def prepare_airflow(settings: Settings) -> None:
         expected["revision"] = _schema_revision(settings)
         stamp_path.write_text(json.dumps(expected) + "\n")
     log.info("Airflow's metadata database migrated to revision %s", expected["revision"])
+    _ensure_pool(settings)
+
+
+def _pool_slots(settings: Settings, pool: str) -> int | None:
+    """The pool's slots as the metadata database has them, or None if there is no such pool."""
+    with psycopg.connect(settings.postgres.dsn(dbname=settings.airflow.database), connect_timeout=10) as conn:
+        row = conn.execute("select slots from slot_pool where pool = %s", [pool]).fetchone()
+        return int(row[0]) if row else None
+
+
+def pool_command() -> list[str]:
+    """``airflow pools set`` for the warehouse pool: one slot."""
+    description = "Writers of the local DuckDB warehouse (dbt build, history load): one at a time"
+    return [str(AIRFLOW_BIN), "pools", "set", AIRFLOW_POOL, "1", description]
+
+
+def _ensure_pool(settings: Settings) -> None:
+    """The warehouse pool with one slot, set through Airflow's own CLI when it is missing or differs."""
+    if _pool_slots(settings, AIRFLOW_POOL) == 1:
+        return
+    result = subprocess.run(
+        pool_command(),
+        env=process_environment(settings),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise AirflowSetupError(f"`airflow pools set {AIRFLOW_POOL} 1` failed:\n{tail}")
+    log.info("Airflow pool %s: 1 slot", AIRFLOW_POOL)

@@ -341,6 +341,40 @@ class Connect(Service):
     def properties_file(self) -> Path:
         return self.data_dir / "connect-distributed.properties"
 
+    @property
+    def bundled_plugins(self) -> Path:
+        """The plugins fetched from Maven Central, one folder each (stack/maven/connect-plugins)."""
+        return self.layout.dist / "connect-plugins"
+
+    def plugin_path(self) -> list[Path]:
+        """Connect's ``plugin.path``: the bundled plugins, then ``connect.extra_plugin_path``.
+
+        With ``connect.exclude_bundled_plugins``, the bundled folders come through a folder of symlinks
+        to all but the excluded ones (Connect follows them), since the downloads are shared by stacks.
+        """
+        c = self.settings.connect
+        bundled = self.bundled_plugins
+        present = sorted(p.name for p in bundled.iterdir()) if bundled.is_dir() else []
+        unknown = [name for name in c.excluded_plugins if name not in present]
+        if unknown:
+            raise ValueError(
+                f"connect.exclude_bundled_plugins names {', '.join(unknown)}, not a folder under {bundled} "
+                f"(there: {', '.join(present) or 'nothing'})"
+            )
+        missing = [str(p) for p in c.extra_plugin_dirs if not p.exists()]
+        if missing:
+            raise ValueError(f"connect.extra_plugin_path: {', '.join(missing)} does not exist")
+        if c.excluded_plugins:
+            chosen = self.data_dir / "plugins"
+            chosen.mkdir(parents=True, exist_ok=True)
+            for link in chosen.iterdir():  # only links are ever made here
+                link.unlink()
+            for name in present:
+                if name not in c.excluded_plugins:
+                    (chosen / name).symlink_to(bundled / name)
+            bundled = chosen
+        return [bundled, *c.extra_plugin_dirs]
+
     def prepare(self) -> None:
         c = self.settings.connect
         _render(
@@ -350,7 +384,7 @@ class Connect(Service):
             group_id=c.group_id,
             host=c.host,
             port=c.port,
-            plugin_path=self.layout.dist / "connect-plugins",
+            plugin_path=",".join(str(p) for p in self.plugin_path()),
         )
 
     def launch(self) -> Launch:

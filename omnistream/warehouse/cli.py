@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -20,8 +23,9 @@ LANDING = typer.Option(None, "--landing", help="Landing root (default: <state di
 HISTORY = typer.Option(
     None,
     "--history",
-    help="History dataset: a directory or gs://bucket/history (default: the simulator's local output if "
-    "there is one, else the bucket).",
+    help="History dataset: a directory (read in place) or gs://bucket/history (loaded into the warehouse "
+    "first, each file once, as load-history does); default: the simulator's local output if there is one, "
+    "else the bucket.",
 )
 
 
@@ -33,10 +37,13 @@ def _run(
     landing: Path | None,
     history: str | None,
 ) -> None:
+    from omnistream.warehouse.history_load import ChecksumMismatch
+    from omnistream.warehouse.lock import WarehouseBusy
+
     run = DbtRun(target=target, duckdb_path=duckdb, landing_root=landing, history_root=history)
     try:
         result = run_dbt([*command, *ctx.args], run, capture=False, check=False)
-    except DbtError as exc:
+    except (DbtError, WarehouseBusy, ChecksumMismatch) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
     raise typer.Exit(result.returncode)
@@ -84,40 +91,82 @@ def run_any(
 @dbt_app.command("load-history")
 def load_history(
     target: str = TARGET,
-    history: str | None = HISTORY,
+    history: str | None = typer.Option(
+        None,
+        "--history",
+        help="History dataset: gs://bucket/prefix or a directory (default: history.root, else "
+        "gs://<gcs.bucket>/history).",
+    ),
     duckdb: Path | None = DUCKDB,
     stage_url: str | None = typer.Option(
         None, "--stage-url", help="Snowflake: the external stage's URL (default: gcs://<bucket>/history/)."
     ),
-    storage_integration: str | None = typer.Option(
-        None, "--storage-integration", help="Snowflake: the storage integration that grants the stage access."
+    stage_access: str | None = typer.Option(
+        None,
+        "--stage-access",
+        help="Snowflake: `integration` (external stage granted by a storage integration; the default) or "
+        "`internal` (PUT into an internal stage, reading the bucket with this process's Google credentials).",
     ),
+    storage_integration: str | None = typer.Option(
+        None,
+        "--storage-integration",
+        help="Snowflake: the storage integration that grants the external stage the bucket "
+        "(default: history.storage_integration, OMNISTREAM_HISTORY_GCS).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Load the history's Parquet files into the warehouse, each file once (COPY INTO on Snowflake)."""
-    from omnistream.warehouse.dbt import default_duckdb_path, default_history_root
+    """Load the history's Parquet files into the warehouse, each file once (COPY INTO on Snowflake).
+
+    A progress bar goes to stderr when it is a terminal."""
+    import json
+
+    from omnistream.warehouse.dbt import default_duckdb_path
     from omnistream.warehouse.history_load import (
+        ChecksumMismatch,
         SnowflakeTarget,
         list_history_files,
-        load_history_duckdb,
+        load_history_into,
         load_history_snowflake,
     )
+    from omnistream.warehouse.lock import WarehouseBusy
 
     settings = get_settings()
-    root = history or default_history_root(settings)
+    root = history or settings.history.dataset(settings.gcs)
     files = list_history_files(root, settings.gcs)
-    if target == "snowflake":
-        from omnistream.warehouse.snowflake import connect
+    try:
+        with _progress(f"loading {root}", len(files)) as advance:
+            if target == "snowflake":
+                from omnistream.warehouse.snowflake import connect
 
-        url = stage_url or f"gcs://{settings.gcs.bucket}/history/"
-        with connect() as con:
-            report = load_history_snowflake(
-                con.cursor(), SnowflakeTarget(url, storage_integration), [f.name for f in files]
-            )
+                stage = SnowflakeTarget(
+                    stage_url=stage_url or settings.history.stage(settings.gcs),
+                    storage_integration=storage_integration or settings.history.storage_integration,
+                    stage_access=stage_access or settings.history.stage_access,
+                )
+                with connect() as con:
+                    report = load_history_snowflake(con.cursor(), stage, files, settings.gcs, advance)
+            else:
+                path = duckdb or default_duckdb_path(settings)
+                report = load_history_into(path, files, settings.gcs, advance)
+    except (ValueError, WarehouseBusy, ChecksumMismatch) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps({"source": root, "target": target, **dataclasses.asdict(report)}))
     else:
-        import duckdb as duckdb_module
+        typer.echo(
+            f"{root}: {report.loaded} files loaded ({report.rows:,} rows), {report.skipped} already loaded"
+        )
 
-        path = duckdb or default_duckdb_path(settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with duckdb_module.connect(str(path)) as con:
-            report = load_history_duckdb(con, files, settings.gcs)
-    typer.echo(f"{report.loaded} files loaded ({report.rows:,} rows), {report.skipped} already loaded")
+
+@contextlib.contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr (the style of `simulate history`); nothing when stderr is not a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda files: progress.advance(task, files)

@@ -33,10 +33,15 @@ os.environ.update(
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
-    """A migrated metadata database (``airflow db migrate``, as an operator would run it)."""
+    """A migrated metadata database (``airflow db migrate``, as an operator would run it), with the pool."""
     airflow = Path(sys.executable).with_name("airflow")
     result = subprocess.run(
         [str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    from omnistream.scheduler.config import pool_command
+
+    # The warehouse pool, set as `omnistream supervise prepare-airflow` sets it on the stack's database.
+    pool = subprocess.run(pool_command(), env=os.environ.copy(), capture_output=True, text=True, check=False)
+    assert pool.returncode == 0, pool.stdout[-2000:] + pool.stderr[-2000:]
     return AIRFLOW_HOME

@@ -55,6 +55,35 @@ def test_dbt_dag_interval_comes_from_the_settings(airflow_db: Path, monkeypatch:
     assert dag.schedule == timedelta(minutes=7)
 
 
+def test_the_warehouse_writers_share_one_pool_of_one_slot(airflow_db: Path) -> None:
+    """Airflow never runs a dbt build and a history load at once: one DuckDB file, one writer."""
+    import json
+    import os
+    import subprocess
+
+    from omnistream.scheduler.config import AIRFLOW_BIN
+    from omnistream.warehouse.lock import AIRFLOW_POOL
+
+    bag = dag_bag()
+    writers = {
+        ("omnistream_dbt", "dbt_build"),
+        ("omnistream_history_load", "load"),
+    }
+    pools = {(dag_id, task.task_id): task.pool for dag_id in DAG_IDS for task in bag.get_dag(dag_id).tasks}
+    assert {key for key, pool in pools.items() if pool == AIRFLOW_POOL} == writers
+    assert pools[("omnistream_history_load", "list_files")] == "default_pool"  # reads only the bucket
+    shown = subprocess.run(
+        [str(AIRFLOW_BIN), "pools", "get", AIRFLOW_POOL, "-o", "json"],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stdout[-2000:] + shown.stderr[-2000:]
+    (pool,) = json.loads(shown.stdout)
+    assert int(pool["slots"]) == 1
+
+
 @pytest.fixture
 def local_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A small landing zone and history for the DAGs to work on, and the env that points them there."""
@@ -70,7 +99,11 @@ def local_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("OMNISTREAM_DBT__HISTORY_ROOT", str(history.root))
     monkeypatch.setenv("OMNISTREAM_HISTORY__ROOT", str(history.root))
     monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    from omnistream.settings import get_settings
+
+    get_settings.cache_clear()  # the tasks read history.root from the process-wide settings
     yield tmp_path
+    get_settings.cache_clear()
     shutil.rmtree(tmp_path / "target", ignore_errors=True)
 
 

@@ -4,7 +4,8 @@ The landed topics are loaded as the Snowflake Kafka connector lays them out (a t
 RECORD_METADATA variant + one column per field, names from connect/snowflake-sink.json's topic2table map)
 and the history with the history loader's COPY INTO from an external stage; the stage points at a local
 directory here, the bucket's stand-in, because fakesnow reads stages through DuckDB, which has no GCS
-client.
+client. The stage is created as the loader creates it by default, with its storage integration (fakesnow
+accepts the clause and grants nothing); the fallback, PUT into an internal stage, runs for real too.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class SnowflakeWarehouse:
     first_load: LoadReport
     second_load: LoadReport
     builds: list[str]
+    history: Path
 
     def connect(self) -> Any:
         return snowflake.connector.connect(
@@ -94,7 +96,8 @@ def snowflake_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sn
     )
     try:
         wait_for_port(port, process, START_DEADLINE_S)
-        warehouse = SnowflakeWarehouse(port, expected, LoadReport(0, 0, 0), LoadReport(0, 0, 0), [])
+        history = root / "history_out" / "history"
+        warehouse = SnowflakeWarehouse(port, expected, LoadReport(0, 0, 0), LoadReport(0, 0, 0), [], history)
         with warehouse.connect() as con:
             cur = con.cursor()
             cur.execute(f"create database if not exists {DATABASE}")
@@ -110,9 +113,9 @@ def snowflake_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sn
             }
             for table, topic in tables.items():
                 load_snowflake_table(cur, "RAW", table.upper(), topic)
-            history = root / "history_out" / "history"
-            files = [f.name for f in list_history_files(str(history))]
+            files = list_history_files(str(history))
             target = SnowflakeTarget(stage_url=f"file://{history}/", include_source_file=False)
+            assert target.stage_access == "integration" and target.storage_integration
             warehouse.first_load = load_history_snowflake(cur, target, files)
             warehouse.second_load = load_history_snowflake(cur, target, files)
         run = DbtRun(
@@ -147,6 +150,26 @@ def test_history_copy_loads_each_file_once(snowflake_warehouse: SnowflakeWarehou
     assert first.loaded > 0 and first.skipped == 0 and first.rows == 3_000
     assert second == LoadReport(loaded=0, skipped=first.loaded, rows=0)
     assert snowflake_warehouse.query("select count(*) from RAW.HISTORY_ORDER_LINES") == [(3_000,)]
+
+
+def test_history_put_into_an_internal_stage_loads_each_file_once(
+    snowflake_warehouse: SnowflakeWarehouse,
+) -> None:
+    """The fallback without a storage integration: the loader PUTs the files, then the same COPY."""
+    files = list_history_files(str(snowflake_warehouse.history))
+    target = SnowflakeTarget(
+        stage_url="", stage_access="internal", schema="HISTORY_PUT", include_source_file=False
+    )
+    with snowflake_warehouse.connect() as con:
+        cur = con.cursor()
+        first = load_history_snowflake(cur, target, files)
+        again = load_history_snowflake(cur, target, files)
+        cur.execute("list @HISTORY_PUT.HISTORY_INTERNAL_STAGE")
+        staged = len(cur.fetchall())
+    assert (first.loaded, first.skipped, first.rows) == (len(files), 0, 3_000)
+    assert again == LoadReport(loaded=0, skipped=len(files), rows=0)
+    assert staged == len(files)
+    assert snowflake_warehouse.query("select count(*) from HISTORY_PUT.HISTORY_ORDER_LINES") == [(3_000,)]
 
 
 def test_build_succeeds_twice(snowflake_warehouse: SnowflakeWarehouse) -> None:

@@ -46,4 +46,8 @@ def test_demo_reconciles_the_marts_with_every_source(stack_settings: Settings, t
     for mart in ("fct_orders", "fct_order_lines", "fct_daily_sales", "dim_customers", "dim_products"):
         assert report["mart_rows"][mart] > 0, mart
     assert set(report["revenue"]) == {"online", "in_store"}
+    # The history came from the bucket (load-history), and a second load of the same objects loaded nothing.
+    history = report["history_load"]
+    assert history["first"]["loaded"] > 0 and history["again"]["loaded"] == 0
+    assert history["ledger"]["from_bucket"] == history["ledger"]["files"] == history["first"]["loaded"]
     assert "reconciliation: marts equal the ground-truth manifests" in demo.stdout

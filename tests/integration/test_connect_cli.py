@@ -1,18 +1,23 @@
-"""`omnistream connect …` against the running Connect, and the repository's configs validated by it.
+"""`omnistream connect …` against the running Connect, the repository's configs validated by it, and a
+plugin brought in through ``connect.extra_plugin_path``.
 
 The CLI tests apply a sandbox copy of connect/onlinedb-postgres.json from a directory of their own
-(`--dir`), so the connector name, slot, publication and topics are the test's alone.
+(`--dir`), so the connector name, slot, publication and topics are the test's alone. The plugin-path test
+runs a Kafka and a Connect of its own (a second stack), since it changes the worker's plugin.path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,9 +28,15 @@ from omnistream.cli import app
 from omnistream.connect.client import ConnectClient, ConnectorNotFound
 from omnistream.connect.config import CONNECT_DIR, load_dir, render, secrets_path
 from omnistream.connect.sandbox import CdcSandbox, cdc_sandbox
+from omnistream.connect.validation import SNOWFLAKE_SINK
 from omnistream.settings import Settings
+from omnistream.stack.layout import Layout
+from omnistream.stack.manager import Stack
+from omnistream.stack.second import second_stack_settings
 
 pytestmark = pytest.mark.integration
+
+PLUGIN_STACK_OFFSET = 700  # the plugin-path test's own Kafka and Connect; no other test uses it
 
 # The fields Snowflake's validation may reject when it cannot log in with dummy credentials: the account,
 # the user and key, and what only a login can check (role, database, schema). Any other field with an
@@ -163,10 +174,10 @@ def dummy_private_key() -> str:
 
 
 def snowflake_config(settings: Settings, **overrides: str) -> dict[str, str]:
-    """connect/snowflake-sink.json as rendered, with dummy account values where the worker's environment
-    has none. The private key stays a ``${env:…}`` reference, as in production: the connector then checks
-    every field but does not try to log in (a login to an unreachable account outlasts Connect's 90 s
-    request timeout)."""
+    """connect/snowflake-sink.json as ``apply`` renders it, with dummy account values where the worker's
+    environment has none. The private key stays a ``${env:…}`` reference that this worker cannot resolve:
+    the connector then checks every field's own validator and skips its login (``omnistream connect
+    validate`` resolves the key instead; tests/integration/test_connect_validate.py)."""
     sink = next(f for f in load_dir() if f.name == "snowflake-sink")
     config = render([sink], settings).configs[sink.name]
     assert config["snowflake.private.key"] == "${env:SNOWFLAKE_PRIVATE_KEY}"
@@ -186,7 +197,8 @@ def test_snowflake_sink_config_is_valid_but_for_the_account(
     # The same check does catch a mistake outside the account fields ...
     broken = client.validate(snowflake_config(stack_settings, **{"buffer.flush.time": "0"}))
     assert set(broken.errors) == {"buffer.flush.time"}
-    # ... and with a key given inline, the account itself is checked (here: not a Snowflake URL).
+    # ... and with a key given inline, the connector goes on to parse the URL (here: not a Snowflake URL,
+    # refused before any connection).
     account = client.validate(
         snowflake_config(
             stack_settings,
@@ -194,3 +206,55 @@ def test_snowflake_sink_config_is_valid_but_for_the_account(
         )
     )
     assert set(account.errors) == {"snowflake.url.name"}
+
+
+def test_a_snowflake_jar_put_on_the_extra_plugin_path_is_the_one_connect_loads(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """The way a user installs a newer Snowflake connector: its jar in a folder of their own, named by
+    connect.extra_plugin_path, the bundled one left out with connect.exclude_bundled_plugins. Tried with
+    the 2.5.0 jar from the downloads, since no newer one is served."""
+    base = second_stack_settings(stack_settings, tmp_path / "state", PLUGIN_STACK_OFFSET)
+    bundled = Layout.from_settings(base).dist / "connect-plugins" / "snowflake-kafka-connector"
+    jars = sorted(bundled.glob("*.jar"))
+    assert jars, f"no Snowflake connector jar under {bundled}"
+    mine = tmp_path / "my-plugins"
+    folder = mine / "snowflake-kafka-connector-mine"
+    folder.mkdir(parents=True)
+    for jar in jars:
+        try:
+            os.link(jar, folder / jar.name)  # same file system: no 160 MB copy
+        except OSError:
+            shutil.copy2(jar, folder / jar.name)
+    settings = base.model_copy(
+        update={
+            "stack": base.stack.model_copy(update={"start_timeout_s": 600.0}),  # plugin scanning is slow here
+            "connect": base.connect.model_copy(
+                update={
+                    "extra_plugin_path": str(mine),
+                    "exclude_bundled_plugins": "snowflake-kafka-connector",
+                }
+            ),
+        }
+    )
+    layout = Layout.from_settings(settings)
+    stack = Stack(settings)
+    try:
+        stack.up(["connect"])
+        properties = (layout.data_dir("connect") / "connect-distributed.properties").read_text()
+        assert f"plugin.path={layout.data_dir('connect') / 'plugins'},{mine}\n" in properties
+        plugins = httpx.get(f"{settings.connect.url}/connector-plugins", timeout=10).json()
+        assert {"class": SNOWFLAKE_SINK, "type": "sink", "version": "2.5.0"} in plugins
+        assert "io.debezium.connector.postgresql.PostgresConnector" in {p["class"] for p in plugins}
+        log = layout.log_file("connect").read_text()
+        assert f"Loading plugin from: {folder}" in log
+        assert f"pluginLocation=file:{folder}/" in log
+        assert "Loading plugin from: " + str(layout.data_dir("connect") / "plugins" / "snowflake") not in log
+        assert f"Loading plugin from: {bundled}" not in log
+        # The plugin works from there: its own validators answer.
+        with ConnectClient(settings.connect.url) as client:
+            broken = client.validate(snowflake_config(settings, **{"buffer.flush.time": "0"}))
+        assert set(broken.errors) == {"buffer.flush.time"}
+        assert broken.version == "2.5.0" and broken.versions == ("2.5.0",)
+    finally:
+        stack.down(purge=True)

@@ -18,18 +18,24 @@ from omnistream.connect.config import (
     OPT_IN,
     ConfigFileError,
     ConnectorFile,
+    UnresolvedReferences,
     escape_property,
     included_schemas,
     load_dir,
     load_file,
+    read_properties,
     read_secrets,
     render,
+    resolve,
     secrets_path,
     select,
     unescape_property,
     write_secrets,
 )
-from omnistream.settings import PostgresSettings, Settings, StackSettings
+from omnistream.connect.validation import snowflake_account
+from omnistream.settings import ConnectSettings, PostgresSettings, Settings, StackSettings
+from omnistream.stack.layout import Layout
+from omnistream.stack.services import Connect
 from omnistream.topics import CDC_PREFIX, ORDER_ITEMS, ORDERS, PIPELINE_TOPICS
 
 SECRET = "pa ss=w:o#r!d\\ü€𝄞\n"
@@ -226,3 +232,189 @@ def test_status_and_validation_parsing() -> None:
 
 def test_connect_dir_is_the_repository_folder() -> None:
     assert CONNECT_DIR.name == "connect" and (CONNECT_DIR / "onlinedb-postgres.json").exists()
+
+
+def test_resolve_fills_worker_references_from_the_environment_files_and_settings(tmp_path: Path) -> None:
+    settings = settings_at(tmp_path, replication_password=SecretStr(SECRET))
+    credentials = tmp_path / "credentials.properties"
+    credentials.write_text("# comment\nsnowflake.user = LOADER\n")
+    files = [
+        connector(),
+        ConnectorFile(
+            "c",
+            {
+                "connector.class": "C",
+                "a": "${env:A}",
+                "b": "x-${env:B}-${file:" + str(credentials) + ":snowflake.user}",
+            },
+            tmp_path / "c.json",
+        ),
+    ]
+    rendered = render(files, settings)
+    shop = resolve(rendered, "onlinedb-postgres", environ={})
+    assert shop.config["database.password"] == SECRET  # what apply writes to the secrets file
+    assert [(r.field, r.source) for r in shop.references] == [
+        (
+            "database.password",
+            f"setting postgres.replication_password (apply writes it to {rendered.secrets_file})",
+        )
+    ]
+    other = resolve(rendered, "c", environ={"A": "alpha", "B": ""})
+    assert other.config == {"name": "c", "connector.class": "C", "a": "alpha", "b": "x--LOADER"}
+    assert [r.text for r in other.references] == [
+        "${env:A}",
+        "${env:B}",
+        f"${{file:{credentials}:snowflake.user}}",
+    ]
+    assert all("alpha" not in r.source and "LOADER" not in r.source for r in other.references)
+    assert other.redact("Invalid value alpha for a, LOADER") == "Invalid value [resolved] for a, [resolved]"
+
+
+def test_resolve_names_every_reference_without_a_value(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials.properties"
+    credentials.write_text("present=1\n")
+    config = {
+        "connector.class": "C",
+        "url": "${env:SNOWFLAKE_URL}",
+        "key": "${file:" + str(credentials) + ":absent}",
+        "gone": "${file:" + str(tmp_path / "nope.properties") + ":k}",
+    }
+    rendered = render([ConnectorFile("c", config, tmp_path / "c.json")], settings_at(tmp_path))
+    with pytest.raises(UnresolvedReferences) as caught:
+        resolve(rendered, "c", environ={"OTHER": "secret-value"})
+    message = str(caught.value)
+    assert message.startswith("c: 3 reference(s) have no value here; nothing was sent to Connect:")
+    assert "url: ${env:SNOWFLAKE_URL}: environment variable SNOWFLAKE_URL is not set" in message
+    assert f"key: ${{file:{credentials}:absent}}: {credentials} has no key 'absent'" in message
+    assert f"cannot read {tmp_path / 'nope.properties'}" in message
+    assert "secret-value" not in message
+
+
+def test_read_properties_reads_what_java_properties_reads(tmp_path: Path) -> None:
+    path = tmp_path / "p.properties"
+    path.write_text(
+        "# comment\n! also a comment\n\n"
+        "a=1\n  b : two words \nc three\nd = con\\\n    tinued\n"
+        "e\\=x=\\u20ac\nempty=\nkey\\ with\\ blanks=v\n"
+    )
+    assert read_properties(path) == {
+        "a": "1",
+        "b": "two words ",
+        "c": "three",
+        "d": "continued",
+        "e=x": "€",
+        "empty": "",
+        "key with blanks": "v",
+    }
+
+
+def test_validation_parsing_keeps_what_connect_defined_and_the_plugin_version() -> None:
+    validation = Validation.from_json(
+        {
+            "name": "C",
+            "error_count": 0,
+            "configs": [
+                {"definition": {"name": "a"}, "value": {"name": "a", "errors": []}},
+                {
+                    "definition": {"name": "connector.plugin.version"},
+                    "value": {
+                        "name": "connector.plugin.version",
+                        "value": "3.1.0",
+                        "recommended_values": ["2.5.0", "3.1.0"],
+                    },
+                },
+            ],
+        }
+    )
+    assert validation.ok and validation.defined == {"a", "connector.plugin.version"}
+    assert (validation.version, validation.versions) == ("3.1.0", ("2.5.0", "3.1.0"))
+
+
+@pytest.mark.parametrize(
+    ("errors", "config", "contacted", "says"),
+    [
+        ({}, {}, True, "logged in to the account and found the database and the schema"),
+        (
+            {"snowflake.url.name": ["snowflake.url.name: Cannot connect to Snowflake"]},
+            {},
+            True,
+            "tried to log in",
+        ),
+        ({"snowflake.database.name": ["x database does not exist"]}, {}, True, "the database does not exist"),
+        ({"snowflake.schema.name": ["x schema does not exist"]}, {}, True, "the schema does not exist"),
+        ({"snowflake.url.name": ["x is not a valid snowflake url"]}, {}, False, "rejected the URL"),
+        (
+            {"snowflake.private.key": ["x must be a valid PEM RSA private key"]},
+            {},
+            False,
+            "rejected the private key",
+        ),
+        ({"buffer.flush.time": ["Invalid value 0"]}, {}, False, "only when every field passes"),
+        (
+            {},
+            {"snowflake.private.key": "${env:KEY}"},
+            False,
+            "the private key is a config-provider reference",
+        ),
+        ({"jvm.proxy.host": ["proxy host and port must be provided together"]}, {}, True, "logged in"),
+    ],
+)
+def test_snowflake_account_follows_the_connectors_validate(
+    errors: dict[str, list[str]], config: dict[str, str], contacted: bool, says: str
+) -> None:
+    validation = Validation("com.snowflake.kafka.connector.SnowflakeSinkConnector", len(errors), errors)
+    assert snowflake_account(config, validation)[0] is contacted
+    assert says in snowflake_account(config, validation)[1]
+
+
+def test_extra_plugin_path_entries_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    c = ConnectSettings(extra_plugin_path=" plugins , /opt/x.jar,, ", exclude_bundled_plugins="a, b")
+    assert c.extra_plugin_path == f"{tmp_path / 'plugins'},/opt/x.jar"
+    assert c.extra_plugin_dirs == [tmp_path / "plugins", Path("/opt/x.jar")]
+    assert c.excluded_plugins == ["a", "b"]
+
+
+def plugin_stack(tmp_path: Path, **connect: str) -> Connect:
+    dist = tmp_path / "dist"
+    for name in ("apicurio-converter", "debezium-connector-postgres", "snowflake-kafka-connector"):
+        (dist / "connect-plugins" / name).mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        stack=StackSettings(state_dir=tmp_path / "state", dist_dir=dist), connect=ConnectSettings(**connect)
+    )
+    return Connect(settings, Layout.from_settings(settings))
+
+
+def test_plugin_path_is_the_bundled_folder_then_the_extra_entries(tmp_path: Path) -> None:
+    extra = tmp_path / "mine"
+    extra.mkdir()
+    connect = plugin_stack(tmp_path, extra_plugin_path=str(extra))
+    assert connect.plugin_path() == [tmp_path / "dist" / "connect-plugins", extra]
+
+
+def test_excluded_bundled_plugins_are_left_out_through_links(tmp_path: Path) -> None:
+    connect = plugin_stack(tmp_path, exclude_bundled_plugins="snowflake-kafka-connector")
+    (chosen,) = connect.plugin_path()
+    assert chosen == connect.data_dir / "plugins"
+    assert sorted(p.name for p in chosen.iterdir()) == ["apicurio-converter", "debezium-connector-postgres"]
+    assert (
+        chosen / "apicurio-converter"
+    ).resolve() == tmp_path / "dist" / "connect-plugins" / "apicurio-converter"
+    # Rebuilt on every start: a plugin no longer excluded comes back.
+    connect = plugin_stack(tmp_path, exclude_bundled_plugins="apicurio-converter")
+    assert sorted(p.name for p in connect.plugin_path()[0].iterdir()) == [
+        "debezium-connector-postgres",
+        "snowflake-kafka-connector",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("connect", "message"),
+    [
+        ({"exclude_bundled_plugins": "snowflake"}, "names snowflake, not a folder under"),
+        ({"extra_plugin_path": "/nonexistent/plugins"}, "/nonexistent/plugins does not exist"),
+    ],
+)
+def test_plugin_path_mistakes_are_named(tmp_path: Path, connect: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        plugin_stack(tmp_path, **connect).plugin_path()

@@ -5,19 +5,32 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import subprocess
+import sys
+import time
 from collections import defaultdict
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import google_crc32c
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from omnistream.settings import GcsSettings
+from omnistream.settings import GcsSettings, HistorySettings, Settings
+from omnistream.warehouse.history_load import (
+    SnowflakeTarget,
+    list_history_files,
+    load_history_into,
+    snowflake_copy_statements,
+    snowflake_put_statement,
+    snowflake_setup_statements,
+)
+from omnistream.warehouse.lock import WarehouseBusy, warehouse_lock
 from simulators.gcs import file_checksums, object_name, uses_emulator
 from simulators.history import SCHEMA, HistoryResult, generate_history, history_window
 from simulators.manifest import read_totals
@@ -243,3 +256,137 @@ def test_object_names_mirror_relative_paths(tmp_path: Path) -> None:
 def test_emulator_unless_google() -> None:
     assert uses_emulator(GcsSettings(port=54443))
     assert not uses_emulator(GcsSettings(emulator_host="https://storage.googleapis.com"))
+
+
+# --- the history load: checksums, the DuckDB ledger, the Snowflake SQL, the warehouse lock ----------------
+
+
+def test_local_files_are_listed_with_the_checksum_gcs_would_report(history: HistoryResult) -> None:
+    files = list_history_files(str(history.root))
+    assert [f.name for f in files] == sorted(p.relative_to(history.root).as_posix() for p in history.files)
+    for file in files[:3]:
+        assert file.checksum == file_checksums(Path(file.uri)).md5
+
+
+def test_duckdb_load_records_each_file_once_and_reports_progress(
+    history: HistoryResult, tmp_path: Path
+) -> None:
+    files = list_history_files(str(history.root))
+    advanced: list[int] = []
+    first = load_history_into(tmp_path / "w.duckdb", files, on_files=advanced.append)
+    assert (first.loaded, first.skipped, first.rows) == (len(files), 0, ROWS)
+    assert sum(advanced) == len(files)
+    again = load_history_into(tmp_path / "w.duckdb", files)
+    assert (again.loaded, again.skipped, again.rows) == (0, len(files), 0)
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        ledger = con.execute("select source_file, checksum, row_count from raw.history_files").fetchall()
+        ((rows,),) = con.execute("select count(*) from raw.history_order_lines").fetchall()
+    assert rows == ROWS
+    assert {(uri, checksum) for uri, checksum, _ in ledger} == {(f.uri, f.checksum) for f in files}
+
+
+def test_a_changed_file_is_reloaded_in_place(tmp_path: Path) -> None:
+    result = generate_history(tmp_path / "out", seed=SEED, rows=3_000, end=END)
+    database = tmp_path / "w.duckdb"
+    load_history_into(database, list_history_files(str(result.root)))
+    changed = result.files[-1]
+    table = pq.read_table(changed)
+    pq.write_table(table.slice(0, table.num_rows - 2), changed)
+    report = load_history_into(database, list_history_files(str(result.root)))
+    assert (report.loaded, report.skipped, report.rows) == (1, len(result.files) - 1, table.num_rows - 2)
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("select count(*) from raw.history_order_lines").fetchall() == [(3_000 - 2,)]
+
+
+def test_snowflake_stage_uses_the_storage_integration_by_default() -> None:
+    target = SnowflakeTarget(stage_url="gcs://omnistream-history/history/")
+    assert target.storage_integration == HistorySettings().storage_integration == "OMNISTREAM_HISTORY_GCS"
+    statements = snowflake_setup_statements(target)
+    assert [" ".join(st.split()[:2]) for st in statements] == [
+        "create schema",
+        "create table",
+        "create stage",
+    ]
+    stage = statements[-1]
+    assert " ".join(stage.split()) == (
+        "create stage if not exists RAW.HISTORY_STAGE url = 'gcs://omnistream-history/history/' "
+        "storage_integration = OMNISTREAM_HISTORY_GCS file_format = (type = parquet)"
+    )
+    custom = SnowflakeTarget(stage_url="gcs://b/h/", storage_integration="GCS_INT")
+    assert "storage_integration = GCS_INT" in snowflake_setup_statements(custom)[-1]
+
+
+def test_snowflake_internal_stage_is_explicit_and_takes_no_url() -> None:
+    target = SnowflakeTarget(stage_url="gcs://b/history/", stage_access="internal")
+    stage = " ".join(snowflake_setup_statements(target)[-1].split())
+    assert stage == "create stage if not exists RAW.HISTORY_INTERNAL_STAGE file_format = (type = parquet)"
+    put = snowflake_put_statement(
+        target, Path("/tmp/x/year=2020/month=03/part-0.parquet"), "year=2020/month=03/part-0.parquet"
+    )
+    assert put == (
+        "put 'file:///tmp/x/year=2020/month=03/part-0.parquet'"
+        " @RAW.HISTORY_INTERNAL_STAGE/year=2020/month=03/ auto_compress = false overwrite = false"
+    )
+    with pytest.raises(ValueError, match="unquoted stage path"):
+        snowflake_put_statement(target, Path("/tmp/x/a b.parquet"), "year=2020/a b.parquet")
+    (copy,) = snowflake_copy_statements(target, ["year=2020/month=03/part-0.parquet", "year=2020/b.parquet"])
+    assert "from @RAW.HISTORY_INTERNAL_STAGE" in copy
+    assert "files =" not in copy  # the whole internal stage: it holds only what the loader PUT
+
+
+def test_snowflake_stage_access_is_checked() -> None:
+    with pytest.raises(ValueError, match="storage integration"):
+        SnowflakeTarget(stage_url="gcs://b/h/", storage_integration="")
+    with pytest.raises(ValueError, match="stage_access"):
+        SnowflakeTarget(stage_url="gcs://b/h/", stage_access="keys")
+    with pytest.raises(ValueError, match="stage_access"):
+        HistorySettings(stage_access="credentials")
+
+
+def test_history_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMNISTREAM_HISTORY__STAGE_ACCESS", "internal")
+    monkeypatch.setenv("OMNISTREAM_HISTORY__STORAGE_INTEGRATION", "MY_GCS")
+    settings = Settings()
+    assert (settings.history.stage_access, settings.history.storage_integration) == ("internal", "MY_GCS")
+    gcs = GcsSettings(bucket="b")
+    assert settings.history.dataset(gcs) == "gs://b/history"
+    assert settings.history.stage(gcs) == "gcs://b/history/"
+    assert HistorySettings(root="/data/history").dataset(gcs) == "/data/history"
+
+
+def test_snowflake_copy_names_at_most_a_thousand_files_each() -> None:
+    names = [f"year={2000 + i // 12}/month={i % 12 + 1:02d}/part-0.parquet" for i in range(2_001)]
+    copies = snowflake_copy_statements(SnowflakeTarget(stage_url="gcs://b/h/"), names)
+    assert [copy.count("part-0.parquet") for copy in copies] == [1_000, 1_000, 1]
+    assert all("match_by_column_name = case_insensitive" in copy for copy in copies)
+    quoted = snowflake_copy_statements(SnowflakeTarget(stage_url="gcs://b/h/"), ["it's.parquet"])
+    assert "files = ('it''s.parquet')" in quoted[0]
+
+
+def test_the_warehouse_lock_makes_a_second_writer_wait(tmp_path: Path) -> None:
+    database = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from omnistream.warehouse.lock import warehouse_lock\n"
+            f"with warehouse_lock(Path({str(database)!r})):\n"
+            "    print('held', flush=True); time.sleep(3)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(WarehouseBusy, match="still being written"),
+            warehouse_lock(database, timeout_s=0.3),
+        ):
+            pass
+        began = time.monotonic()
+        with warehouse_lock(database, timeout_s=30):
+            waited = time.monotonic() - began
+        assert waited > 0.5  # it waited for the holder instead of failing
+    finally:
+        holder.wait(timeout=30)
+    assert holder.returncode == 0

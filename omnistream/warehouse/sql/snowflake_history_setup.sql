@@ -1,5 +1,9 @@
--- The history's raw table and the external stage over the bucket (Snowflake). Idempotent.
--- {schema}, {table}, {stage}, {stage_url} and {stage_credentials} are filled in by history_load.py.
+-- The history's raw table and the stage the files are copied from (Snowflake). Idempotent.
+-- {schema}, {table}, {stage} and {stage_params} are filled in by history_load.py. {stage_params} is either
+--   url = 'gcs://<bucket>/history/'  storage_integration = <name>   (an external stage over the bucket), or
+--   nothing                                                           (an internal stage the loader PUTs into).
+-- A GCS external stage takes no CREDENTIALS clause (that is S3's and Azure's): a storage integration is what
+-- grants it a private bucket.
 create schema if not exists {schema};
 
 create table if not exists {schema}.{table} (
@@ -18,6 +22,5 @@ create table if not exists {schema}.{table} (
 );
 
 create stage if not exists {schema}.{stage}
-    url = '{stage_url}'
-    {stage_credentials}
+    {stage_params}
     file_format = (type = parquet);
