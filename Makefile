@@ -31,7 +31,7 @@ demo: install
 
 test: install
 	$(BIN)/omnistream stack up
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
