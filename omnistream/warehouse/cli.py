@@ -6,11 +6,15 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from omnistream.settings import get_settings
+from omnistream.settings import Settings, get_settings
 from omnistream.warehouse.dbt import TARGETS, DbtError, DbtRun, run_dbt
+
+if TYPE_CHECKING:
+    from omnistream.warehouse.history_load import HistoryFile
 
 dbt_app = typer.Typer(help="The warehouse: dbt (staging → intermediate → marts) and the history load.")
 
@@ -124,15 +128,17 @@ def load_history(
     from omnistream.warehouse.history_load import (
         ChecksumMismatch,
         SnowflakeTarget,
-        list_history_files,
         load_history_into,
         load_history_snowflake,
     )
     from omnistream.warehouse.lock import WarehouseBusy
 
     settings = get_settings()
+    if stage_access not in (None, "integration", "internal"):
+        typer.echo(f"error: --stage-access is `integration` or `internal`, not {stage_access!r}", err=True)
+        raise typer.Exit(2)
     root = history or settings.history.dataset(settings.gcs)
-    files = list_history_files(root, settings.gcs)
+    files = _list_or_exit(root, settings)
     try:
         with _progress(f"loading {root}", len(files)) as advance:
             if target == "snowflake":
@@ -157,6 +163,24 @@ def load_history(
         typer.echo(
             f"{root}: {report.loaded} files loaded ({report.rows:,} rows), {report.skipped} already loaded"
         )
+
+
+def _list_or_exit(root: str, settings: Settings) -> list[HistoryFile]:
+    """The dataset's files; a missing bucket or an unreachable GCS is one line and exit 1, not a traceback."""
+    from google.api_core.exceptions import GoogleAPIError, NotFound
+    from requests.exceptions import ConnectionError as HttpConnectionError
+
+    from omnistream.warehouse.history_load import list_history_files
+
+    try:
+        return list_history_files(root, settings.gcs)
+    except NotFound as exc:
+        typer.echo(f"error: {root}: no such bucket at {settings.gcs.endpoint}", err=True)
+        raise typer.Exit(1) from exc
+    except (GoogleAPIError, HttpConnectionError) as exc:
+        reason = str(exc).splitlines()[0][:300]
+        typer.echo(f"error: listing {root} at {settings.gcs.endpoint} failed: {reason}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @contextlib.contextmanager

@@ -106,6 +106,28 @@ def test_load_history_from_the_bucket_is_idempotent_and_quiet(
     }
 
 
+def test_load_history_names_a_missing_bucket_and_a_bad_stage_access_in_one_line(
+    stack_settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    missing = omnistream(
+        "dbt",
+        "load-history",
+        "--history",
+        f"gs://no-such-{unique}/history",
+        "--duckdb",
+        str(tmp_path / "w.duckdb"),
+    )
+    assert missing.returncode == 1, output_of(missing)
+    assert missing.stderr.strip() == (
+        f"error: gs://no-such-{unique}/history: no such bucket at {stack_settings.gcs.endpoint}"
+    )
+    assert not (tmp_path / "w.duckdb").exists()  # nothing was written
+
+    bad = omnistream("dbt", "load-history", "--stage-access", "open-sesame")
+    assert bad.returncode == 2, output_of(bad)
+    assert bad.stderr.strip() == "error: --stage-access is `integration` or `internal`, not 'open-sesame'"
+
+
 def test_dbt_builds_the_daily_sales_from_the_bucket(
     history_bucket: tuple[str, HistoryResult], tmp_path: Path
 ) -> None:
