@@ -75,18 +75,12 @@ def default_history_root(settings: Settings) -> str:
 
 
 def load_bucket_history(history_root: str, database: Path, settings: Settings) -> None:
-    """Load a bucket's history into the DuckDB file (new or changed files only); nothing for a directory.
-
-    The caller holds the warehouse lock."""
-    from omnistream.warehouse.history_load import is_bucket_uri, list_history_files, load_history_duckdb
+    """Load a bucket's history into the DuckDB file (new or changed files only); nothing for a directory."""
+    from omnistream.warehouse.history_load import is_bucket_uri, list_history_files, load_history_into
 
     if not is_bucket_uri(history_root):
         return
-    import duckdb
-
-    files = list_history_files(history_root, settings.gcs)
-    with duckdb.connect(str(database)) as con:
-        report = load_history_duckdb(con, files, settings.gcs)
+    report = load_history_into(database, list_history_files(history_root, settings.gcs), settings.gcs)
     logger.info(
         "history from %s: %d files loaded, %d already loaded", history_root, report.loaded, report.skipped
     )
@@ -172,8 +166,8 @@ def run_dbt(
     with contextlib.ExitStack() as held:
         if run.target == "local":
             database = Path(env["OMNISTREAM_DBT__DUCKDB_PATH"])
-            held.enter_context(warehouse_lock(database))
             load_bucket_history(env["OMNISTREAM_DBT__HISTORY_ROOT"], database, settings)
+            held.enter_context(warehouse_lock(database))
         logger.info("dbt %s (target %s)", " ".join(args), run.target)
         result = subprocess.run(
             command,

@@ -99,9 +99,11 @@ def list_history_files(root: str, gcs: GcsSettings | None = None) -> list[Histor
             if blob.name.endswith(".parquet") and Path(blob.name[len(prefix) :]).match(PATTERN)
         ]
     else:
+        from simulators.gcs import file_checksums
+
         base = Path(root)
         files = [
-            HistoryFile(str(path.relative_to(base)), str(path.resolve()), _md5(path.read_bytes()))
+            HistoryFile(str(path.relative_to(base)), str(path.resolve()), file_checksums(path).md5)
             for path in base.glob(PATTERN)
             if path.is_file()
         ]

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from waiting import wait_for
 
 from omnistream.settings import Settings
 from omnistream.warehouse.dbt import PROJECT_DIR, DbtRun, dbt_env, dbt_executable
@@ -56,6 +56,11 @@ def omnistream(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         env=env,
         timeout=600,
     )
+
+
+def dbt_run_env(tmp_path: Path) -> dict[str, str]:
+    """This environment, with dbt's target and logs kept in the test's own directory."""
+    return {**os.environ, "DBT_TARGET_PATH": str(tmp_path / "target"), "DBT_LOG_PATH": str(tmp_path / "logs")}
 
 
 def output_of(result: subprocess.CompletedProcess[str]) -> str:
@@ -133,7 +138,7 @@ def test_dbt_builds_the_daily_sales_from_the_bucket(
 ) -> None:
     bucket, result = history_bucket
     database = tmp_path / "omnistream.duckdb"
-    env = {**os.environ, "DBT_TARGET_PATH": str(tmp_path / "target"), "DBT_LOG_PATH": str(tmp_path / "logs")}
+    env = dbt_run_env(tmp_path)
     # Only what the daily sales need: every other model and the tests are covered over local files.
     run = omnistream(
         "dbt",
@@ -224,7 +229,7 @@ def test_a_history_load_waits_for_a_dbt_build_instead_of_failing(
     """Two writers of one DuckDB file at once, as the two DAGs or a user and a DAG would start them."""
     bucket, result = history_bucket
     database = tmp_path / "omnistream.duckdb"
-    env = {**os.environ, "DBT_TARGET_PATH": str(tmp_path / "target"), "DBT_LOG_PATH": str(tmp_path / "logs")}
+    env = dbt_run_env(tmp_path)
     build = subprocess.Popen(
         [
             sys.executable,
@@ -245,11 +250,12 @@ def test_a_history_load_waits_for_a_dbt_build_instead_of_failing(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while "pid" not in (lock_path(database).read_text() if lock_path(database).exists() else ""):
+
+        def build_holds_the_lock() -> bool:
             assert build.poll() is None, "the build ended before the load started"
-            assert time.monotonic() < deadline, "the build never took the warehouse lock"
-            time.sleep(0.2)
+            return lock_path(database).exists() and "pid" in lock_path(database).read_text()
+
+        wait_for("the build to take the warehouse lock", build_holds_the_lock, timeout_s=120)
         load = omnistream(
             "dbt", "load-history", "--history", f"gs://{bucket}/history", "--duckdb", str(database)
         )

@@ -6,10 +6,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from omnistream.settings import Settings
 from omnistream.stack.layout import Layout
@@ -18,14 +19,6 @@ from omnistream.supervise.control import Supervisor
 from omnistream.supervise.events import read_history
 from omnistream.supervise.programs import Program
 from omnistream.supervise.watchdog import Watchdog, read_restarts
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from waiting import wait_for
 
 from omnistream.connect import deploy
 from omnistream.connect.client import ConnectClient, ConnectorNotFound
@@ -18,14 +18,6 @@ from omnistream.settings import Settings
 from omnistream.supervise.watchdog import Watchdog, read_restarts
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 180.0, every_s: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(every_s)
 
 
 def test_a_failed_task_is_restarted_with_backoff_until_it_runs(
@@ -49,7 +41,7 @@ def test_a_failed_task_is_restarted_with_backoff_until_it_runs(
                 return "UNASSIGNED"
             return tasks[0].state if tasks else "UNASSIGNED"
 
-        wait_for("the task to fail on its missing publication", lambda: task_state() == "FAILED")
+        wait_for("the task to fail on its missing publication", lambda: task_state() == "FAILED", 180, 1)
         watchdog = Watchdog(settings)
         now = time.monotonic()
         watchdog.check_connect(client, now)
@@ -62,7 +54,7 @@ def test_a_failed_task_is_restarted_with_backoff_until_it_runs(
             return "FAILED" in seen[1:] and any(state != "FAILED" for state in seen)
 
         # Polled often: the restart (FAILED → RESTARTING/RUNNING → FAILED) takes about a second.
-        wait_for("the restarted task to fail again", failed_after_restart, every_s=0.05)
+        wait_for("the restarted task to fail again", failed_after_restart, 180, every_s=0.05)
         watchdog.check_connect(client, now + 1)  # within the backoff: left alone
         assert read_restarts(watchdog.paths.watchdog)[0][f"connector/{sandbox.connector}"] == 1
 
@@ -78,7 +70,7 @@ def test_a_failed_task_is_restarted_with_backoff_until_it_runs(
         try:
             watchdog.check_connect(client, now + settings.pipeline.restart_backoff_max_s + 1)
             assert read_restarts(watchdog.paths.watchdog)[0][f"connector/{sandbox.connector}"] == 2
-            wait_for("the task running after the fix", lambda: task_state() == "RUNNING")
+            wait_for("the task running after the fix", lambda: task_state() == "RUNNING", 180, 1)
         finally:
             with psycopg.connect(stack_settings.postgres.dsn(), autocommit=True) as conn:
                 client.delete(sandbox.connector)

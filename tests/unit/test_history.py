@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import subprocess
 import sys
-import time
+import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -365,28 +366,54 @@ def test_snowflake_copy_names_at_most_a_thousand_files_each() -> None:
 
 def test_the_warehouse_lock_makes_a_second_writer_wait(tmp_path: Path) -> None:
     database = tmp_path / "w.duckdb"
+    # The holder keeps the lock until it is told to let go (a line on its stdin).
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import time; from pathlib import Path; from omnistream.warehouse.lock import warehouse_lock\n"
+            "import sys; from pathlib import Path; from omnistream.warehouse.lock import warehouse_lock\n"
             f"with warehouse_lock(Path({str(database)!r})):\n"
-            "    print('held', flush=True); time.sleep(3)",
+            "    print('held', flush=True); sys.stdin.readline()",
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    waiting, acquired = threading.Event(), threading.Event()
+
+    class OnWaiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("waiting for the warehouse"):
+                waiting.set()
+
+    def second_writer() -> None:
+        with warehouse_lock(database, timeout_s=30):
+            acquired.set()
+
+    lock_logger = logging.getLogger("omnistream.warehouse.lock")
+    handler, level = OnWaiting(), lock_logger.level
+    lock_logger.addHandler(handler)
+    lock_logger.setLevel(logging.INFO)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert holder.stdin is not None and holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
         with (
             pytest.raises(WarehouseBusy, match="still being written"),
             warehouse_lock(database, timeout_s=0.3),
         ):
             pass
-        began = time.monotonic()
-        with warehouse_lock(database, timeout_s=30):
-            waited = time.monotonic() - began
-        assert waited > 0.5  # it waited for the holder instead of failing
+        writer = threading.Thread(target=second_writer)
+        writer.start()
+        assert waiting.wait(timeout=30), "the second writer never waited"
+        assert not acquired.is_set()  # it waited for the holder instead of failing or going ahead
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+        writer.join(timeout=30)
+        assert acquired.is_set()  # and got the lock once the holder let go
     finally:
+        lock_logger.removeHandler(handler)
+        lock_logger.setLevel(level)
+        if holder.stdin is not None:
+            holder.stdin.close()
         holder.wait(timeout=30)
     assert holder.returncode == 0
