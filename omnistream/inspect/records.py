@@ -30,7 +30,7 @@ import bisect
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -388,9 +388,16 @@ def record_counts(
     return out
 
 
-def dlq_depths(settings: Settings, *, cap: int = RECORD_CAP) -> dict[str, int]:
-    """Records in every dead-letter topic (``*.dlq``) that exists; an upper bound beyond ``cap``."""
-    names = [n for n in topic_names(connect(settings), internal=True) if n.endswith(".dlq")]
+def dlq_depths(
+    settings: Settings, *, cap: int = RECORD_CAP, among: Collection[str] | None = None
+) -> dict[str, int]:
+    """Records in every dead-letter topic (``*.dlq``) that exists, or in those of ``among`` that exist;
+    an upper bound beyond ``cap``."""
+    names = [
+        n
+        for n in topic_names(connect(settings), internal=True)
+        if n.endswith(".dlq") and (among is None or n in among)
+    ]
     counts = record_counts(settings, names, cap=cap) if names else {}
     return {name: counts.get(name, (0, True))[0] for name in names}
 

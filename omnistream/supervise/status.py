@@ -28,7 +28,7 @@ from omnistream.stack.manager import Stack
 from omnistream.supervise import events, watchdog
 from omnistream.supervise.catalogue import SERVICES
 from omnistream.supervise.pipeline import expected_kinds, read_mode
-from omnistream.topics import ORDER_ITEMS, ORDERS, PIPELINE_TOPICS, STORE_ORDERS
+from omnistream.topics import ORDER_ITEMS, ORDERS, PIPELINE_TOPICS, STORE_ORDERS, dlq
 
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
 EXIT_CODES = {HEALTHY: 0, DEGRADED: 1, DOWN: 2}
@@ -36,6 +36,9 @@ STREAMING_TOPICS = (ORDERS, ORDER_ITEMS, STORE_ORDERS)
 CONNECTOR = "onlinedb-postgres"
 # The schema registry reads its own journal topic with consumer groups of this prefix: not pipeline lag.
 REGISTRY_GROUP_PREFIX = "apicurio-"
+# What status reports lag and dead letters for: the pipeline's topics and their DLQs, not whatever else
+# the cluster holds (a shared broker, topics a test or a user made).
+WATCHED_TOPICS = frozenset((*PIPELINE_TOPICS, *(dlq(topic) for topic in PIPELINE_TOPICS)))
 
 
 @dataclass
@@ -179,7 +182,7 @@ class StatusCollector:
             if group.startswith(REGISTRY_GROUP_PREFIX):
                 continue
             for row in group_lag(self.settings, group):
-                if not row.topic.startswith("_"):  # internal topics (Connect's, the checkpoints)
+                if row.topic in WATCHED_TOPICS:
                     self.report.lag.append({"group": group, **asdict(row)})
 
     def slots(self) -> None:
@@ -240,7 +243,7 @@ class StatusCollector:
     def dead_letters(self) -> None:
         from omnistream.inspect.records import dlq_depths
 
-        self.report.dead_letters = dlq_depths(self.settings)
+        self.report.dead_letters = dlq_depths(self.settings, among=WATCHED_TOPICS)
 
     def freshness(self) -> None:
         landing = self.settings.landing.dir or self.settings.stack.state_dir / "landing"

@@ -204,6 +204,8 @@ def test_dlq_depths_and_consumer_groups(stack_settings: Settings, unique: str) -
     depths = dlq_depths(stack_settings)
     assert depths[dead] == 4 and topic not in depths
     assert all(name.endswith(".dlq") for name in depths)
+    # Only the named topics (status asks for the pipeline's DLQs, not every DLQ on the broker).
+    assert dlq_depths(stack_settings, among={dead, "no.such.topic.dlq"}) == {dead: 4}
 
     group = f"counts-{unique}"
     assert group not in consumer_groups(stack_settings)
