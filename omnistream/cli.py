@@ -8,11 +8,15 @@ Faker just to start. ``COMMANDS`` is the one list of what the CLI offers.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from typer.core import TyperGroup
+
+from omnistream.errors import OmnistreamError
 
 # name → (module, attribute): a Typer app (a group of commands) or one command function.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +39,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 HIDDEN = {"supervise"}
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """One line naming the environment variable that holds the bad value, e.g. ``OMNISTREAM_KAFKA__PORT``."""
+    first = exc.errors()[0]
+    variable = "OMNISTREAM_" + "__".join(str(part).upper() for part in first["loc"])
+    problems = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"invalid setting {variable}={first.get('input')!r}: {first['msg']}{problems}"
+
+
 def _load(name: str) -> Any:
     module, attribute = COMMANDS[name]
     target = getattr(importlib.import_module(module), attribute)
@@ -51,7 +63,22 @@ def _load(name: str) -> Any:
 
 
 class LazyCommands(TyperGroup):
-    """A group whose subcommands are imported on first use."""
+    """A group whose subcommands are imported on first use, and where omnistream's errors become one line.
+
+    Errors are mapped here, once: an :class:`OmnistreamError` prints ``error: <message>`` and exits with its
+    code; an invalid ``OMNISTREAM_…`` setting is a usage error (2). Anything else is a bug and keeps its
+    traceback.
+    """
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OmnistreamError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except ValidationError as exc:
+            typer.secho(f"error: {settings_problem(exc)}", fg="red", err=True)
+            raise typer.Exit(2) from None
 
     def list_commands(self, ctx: Any) -> list[str]:
         return list(COMMANDS)
@@ -72,8 +99,19 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"omnistream {importlib.metadata.version('omnistream')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")) -> None:
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
