@@ -31,7 +31,7 @@ demo: install
 
 test: install
 	$(BIN)/omnistream stack up
-	$(BIN)/pytest -q --durations=15 tests
+	bash tests/run-lanes.sh
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
