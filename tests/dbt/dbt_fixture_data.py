@@ -1,18 +1,23 @@
-"""Landed data for the dbt tests, made with the simulators' own planners and written in the landing layout.
+"""Landed data for the dbt tests, made by the pipeline's own code from the simulators' plans.
 
-The landing sink writes ``<topic>/partition=<p>/<topic>+<p>+<start>+<end>.parquet`` with the value's typed
-columns and a ``record_metadata`` struct; these files are written with the sink's own Arrow types and file
-names, so the warehouse reads exactly what the sink lands. The data is what the real sources would send:
+Every record goes the way the real one does, short of the servers: it is serialized to the Confluent wire
+format by confluent-kafka's ``AvroSerializer`` (against an in-memory registry), then landed by the sink's own
+``build_batch`` (its Arrow types and ``record_metadata``) and ``LocalStore.commit`` (its file names and
+atomic writes) under ``<root>/landing``. So the warehouse reads exactly what the sink lands:
 
-- online orders: ``OrderPlanner``'s operations as Debezium change events (ExtractNewRecordState, fields
-  ``__op``/``__lsn``/``__source_ts_ms``/``__deleted``, a tombstone after each delete), with a stretch of
-  events delivered twice (at least once);
-- in-store orders: ``EmailPlanner``'s well-formed emails as ``StoreOrder`` records, re-sends included
-  (malformed emails go to the dead-letter topic, not here);
-- master data: two snapshots of the reference data: a few price changes, a deactivation and a tombstone.
+- online orders: ``OrderPlanner``'s operations as the rows ``simulators.shop_db`` writes, turned into
+  Debezium change events (ExtractNewRecordState with ``__op``/``__lsn``/``__source_ts_ms``/``__deleted``,
+  a tombstone after each delete; value and key schemas in ``debezium/``, since Debezium, not Python, makes
+  them), with a stretch of events delivered twice (at least once);
+- in-store orders: ``EmailPlanner``'s emails rendered by ``simulators.emails.build_message``, parsed by the
+  email producer's ``parse_email`` into ``StoreOrder`` records and serialized by its ``EmailSerde``
+  (re-sends kept; the emails the parser refuses go to the dead-letter topic, not here);
+- master data: two snapshots of ``simulators.masterdata``'s reference tables as the API serves them
+  (``public_view``), converted by the producer's ``RecordConverter``: everything first, then three price
+  changes, a deactivation and a tombstone (the producer publishes only what changed).
 
-Each source returns its ground-truth manifest, built with ``simulators.manifest.Manifest`` as the
-simulators build theirs.
+The ground truth is the simulators' own: ``OrdersRun`` and ``EmailsRun`` fold in the journal records of
+what was written or sent, as the simulators do, and give their manifests.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from __future__ import annotations
 import json
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -30,119 +34,161 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
+from confluent_kafka import TIMESTAMP_CREATE_TIME, Message
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from omnistream import topics
-from omnistream.sink.arrow import METADATA_COLUMN, arrow_type, metadata_array
+from omnistream.kafka import SCHEMAS_DIR, load_schema
+from omnistream.reconcile import MANIFEST_NAME, expected_totals, source_truth
+from omnistream.sink.arrow import json_default, to_json
+from omnistream.sink.avro import SchemaCache, schema_id_of
+from omnistream.sink.batch import build_batch
 from omnistream.sink.layout import LandedFile
+from omnistream.sink.store import LocalStore
 from omnistream.warehouse.dbt import DbtRun
+from producers.emails.model import Provenance
+from producers.emails.parser import ParseError, parse_email
+from producers.emails.serde import EmailSerde
+from producers.masterdata.entities import ENTITY_SPECS
+from producers.masterdata.producer import new_snapshot_id
+from producers.masterdata.records import RecordConverter
 from simulators.email_plan import EmailPlanner
+from simulators.email_sender import EmailsConfig, EmailsRun
+from simulators.emails import build_message
 from simulators.history import generate_history
-from simulators.manifest import Manifest, read_totals
+from simulators.manifest import Manifest
+from simulators.masterdata import ENTITIES, public_view, reference_tables
 from simulators.order_plan import DeleteOrder, NewOrder, OrderPlanner, StatusChange
+from simulators.orders import OrdersConfig, OrdersRun, create_record, delete_record, status_record
 from simulators.reference import build_reference
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-MONEY = pa.decimal128(12, 2)
-
-# Debezium's flattened change events of shop.orders / order_items (timestamptz: a ZonedTimestamp string).
-CDC_META = [
-    pa.field("__deleted", pa.string()),
-    pa.field("__op", pa.string()),
-    pa.field("__lsn", pa.int64()),
-    pa.field("__source_ts_ms", pa.int64()),
-]
-ORDERS_SCHEMA = pa.schema(
-    [
-        pa.field("order_id", pa.int64()),
-        pa.field("customer_id", pa.int64()),
-        pa.field("status", pa.string()),
-        pa.field("currency", pa.string()),
-        pa.field("subtotal", MONEY),
-        pa.field("tax", MONEY),
-        pa.field("total", MONEY),
-        pa.field("created_at", pa.string()),
-        pa.field("updated_at", pa.string()),
-        *CDC_META,
-    ]
-)
-ORDER_ITEMS_SCHEMA = pa.schema(
-    [
-        pa.field("order_id", pa.int64()),
-        pa.field("line_number", pa.int32()),
-        pa.field("sku", pa.string()),
-        pa.field("quantity", pa.int32()),
-        pa.field("unit_price", MONEY),
-        pa.field("line_total", MONEY),
-        *CDC_META,
-    ]
-)
+SCHEMAS = SCHEMAS_DIR  # the producers' value schemas (schemas/*.avsc)
+DEBEZIUM_SCHEMAS = Path(__file__).resolve().parent / "debezium"
+MAILBOX = "imap://confirmations@127.0.0.1:13143/INBOX"
+RECIPIENT = "confirmations@omnistream.local"
+MAIL_DOMAIN = "stores.omnistream.local"
+UIDVALIDITY = 1
 
 
-def avsc_schema(name: str) -> pa.Schema:
-    """The value columns the landing sink gives records of ``schemas/<name>.avsc``."""
-    struct, _ = arrow_type(json.loads((SCHEMAS / f"{name}.avsc").read_text()))
-    return pa.schema(list(struct))
+def fixture_registry() -> SchemaRegistryClient:
+    """An in-memory schema registry (confluent-kafka's mock), shared by the serializers and the sink."""
+    return SchemaRegistryClient.new_client({"url": "mock://dbt-fixtures"})
+
+
+def avro_serializer(registry: SchemaRegistryClient, schema_text: str) -> AvroSerializer:
+    return AvroSerializer(registry, schema_text, conf={"auto.register.schemas": True})
+
+
+def debezium_schema(name: str) -> str:
+    return (DEBEZIUM_SCHEMAS / f"{name}.avsc").read_text()
 
 
 @dataclass
 class Record:
-    """One Kafka record: its value (None for a tombstone), key, partition and create time."""
+    """One Kafka record: its value (None for a tombstone), key, partition and create time.
+
+    ``value`` and ``key`` are as given to the serializer; ``key`` is a string (the producers' UTF-8 keys)
+    or, for Debezium's Avro keys, a dict.
+    """
 
     value: dict[str, Any] | None
-    key: str
+    key: str | dict[str, Any]
     partition: int
     timestamp: datetime
+    serialized: bytes | None = None  # the value's wire format, when the producer's own serde made it
+
+    @property
+    def key_text(self) -> str:
+        """The key as the sink (and the Snowflake connector) writes it into the record metadata."""
+        return self.key if isinstance(self.key, str) else to_json(self.key)
 
 
 @dataclass
 class Topic:
-    """The records of one topic in produce order; offsets are assigned per partition when written."""
+    """The records of one topic in produce order; offsets are assigned per partition when landed."""
 
     name: str
-    schema: pa.Schema
+    registry: SchemaRegistryClient
+    value_schema: str  # Avro schema text
+    key_schema: str | None = None  # Avro keys (Debezium); None: UTF-8 string keys
     records: list[Record] = field(default_factory=list)
 
-    def write(self, root: Path, rows_per_file: int = 50) -> list[Path]:
+    def __post_init__(self) -> None:
+        self._value_serializer = avro_serializer(self.registry, self.value_schema)
+        self._key_serializer = (
+            None if self.key_schema is None else avro_serializer(self.registry, self.key_schema)
+        )
+
+    def serialized_value(self, record: Record) -> bytes | None:
+        if record.value is None:
+            return None
+        if record.serialized is not None:
+            return record.serialized
+        serialized: bytes = self._value_serializer(
+            record.value, SerializationContext(self.name, MessageField.VALUE)
+        )
+        return serialized
+
+    def serialized_key(self, record: Record) -> bytes:
+        if self._key_serializer is None:
+            assert isinstance(record.key, str)
+            return record.key.encode()
+        serialized: bytes = self._key_serializer(
+            record.key, SerializationContext(self.name, MessageField.KEY)
+        )
+        return serialized
+
+    def message(self, record: Record, offset: int) -> Message:
+        """The record as the sink's consumer receives it."""
+        return Message(
+            topic=self.name,
+            partition=record.partition,
+            offset=offset,
+            key=self.serialized_key(record),
+            value=self.serialized_value(record),
+            timestamp=(TIMESTAMP_CREATE_TIME, int(record.timestamp.timestamp() * 1000)),
+            headers=[],
+        )
+
+    def write(self, root: Path, rows_per_file: int = 50) -> list[LandedFile]:
+        """Land the records under ``root`` as the sink does, ``rows_per_file`` offsets per file."""
         by_partition: dict[int, list[Record]] = defaultdict(list)
         for record in self.records:
             by_partition[record.partition].append(record)
-        written = []
+        store = LocalStore(root)
+        cache = SchemaCache(self.registry)
+        landed = []
         for partition, records in sorted(by_partition.items()):
             for start in range(0, len(records), rows_per_file):
                 chunk = records[start : start + rows_per_file]
-                landed = LandedFile(self.name, partition, start, start + len(chunk) - 1)
-                path = root / landed.path
-                path.parent.mkdir(parents=True, exist_ok=True)
-                pq.write_table(self._table(partition, start, chunk), path, compression="zstd")
-                written.append(path)
-        return written
+                msgs = [self.message(r, start + i) for i, r in enumerate(chunk)]
+                batch = build_batch(self.name, partition, msgs, cache)
+                assert not batch.rejected, batch.rejected
+                file = LandedFile(self.name, partition, start, start + len(chunk) - 1)
+                store.commit(file, batch.table)
+                landed.append(file)
+        return landed
 
-    def _table(self, partition: int, first_offset: int, records: list[Record]) -> pa.Table:
-        columns = [
-            pa.array([None if r.value is None else r.value[f.name] for r in records], f.type)
-            for f in self.schema
-        ]
-        metadata = metadata_array(
-            self.name,
-            partition,
-            list(range(first_offset, first_offset + len(records))),
-            [int(r.timestamp.timestamp() * 1000) for r in records],
-            [r.key for r in records],
-            [[] for _ in records],
-            [1 for _ in records],
-        )
-        names = [*self.schema.names, METADATA_COLUMN]
-        return pa.Table.from_arrays([*columns, metadata], names=names)
+    @property
+    def columns(self) -> pa.Schema:
+        """The value columns the sink lands (and the Snowflake connector's schematized columns)."""
+        value = next(v for v in map(self.serialized_value, self.records) if v is not None)
+        return SchemaCache(self.registry).landing_schema(value).arrow_schema
 
 
-def _zoned(ts: datetime) -> str:
+def kafka_partition(key: str, partitions: int) -> int:
+    """librdkafka's default (consistent) partitioner for a keyed record: CRC32 of the key."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+# --- online orders: Debezium's change events ------------------------------------------------------------
+
+
+def zoned_timestamp(ts: datetime) -> str:
     """Debezium's io.debezium.time.ZonedTimestamp text."""
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _partition(key: str, partitions: int) -> int:
-    return zlib.crc32(key.encode()) % partitions
 
 
 @dataclass
@@ -154,7 +200,6 @@ class OnlineOrders:
     manifest: Manifest
     final_status: dict[int, str]  # existing orders only
     deleted: set[int]
-    status_history: dict[int, list[str]]
     duplicates: int  # change events delivered twice, both topics
 
 
@@ -165,37 +210,48 @@ def online_orders(
     step: timedelta,
     partitions: int = 3,
     replay: tuple[int, int] = (30, 50),
+    *,
+    registry: SchemaRegistryClient | None = None,
 ) -> OnlineOrders:
     """``count`` new orders and their lifecycle as change events; events ``replay[0]:replay[1]`` of each topic
     are delivered a second time after the rest, as Connect does after a crash before committing offsets."""
-    orders_topic = Topic(topics.ORDERS, ORDERS_SCHEMA)
-    items_topic = Topic(topics.ORDER_ITEMS, ORDER_ITEMS_SCHEMA)
-    state: dict[int, dict[str, Any]] = {}
-    lines: dict[int, list[dict[str, Any]]] = {}
-    id_of_ref: dict[int, int] = {}
-    history: dict[int, list[str]] = defaultdict(list)
+    registry = registry or fixture_registry()
+    orders_topic = Topic(
+        topics.ORDERS,
+        registry,
+        debezium_schema(f"{topics.ORDERS}-value"),
+        debezium_schema(f"{topics.ORDERS}-key"),
+    )
+    items_topic = Topic(
+        topics.ORDER_ITEMS,
+        registry,
+        debezium_schema(f"{topics.ORDER_ITEMS}-value"),
+        debezium_schema(f"{topics.ORDER_ITEMS}-key"),
+    )
+    run = OrdersRun(OrdersConfig(seed=seed, count=count))
+    rows: dict[int, dict[str, Any]] = {}  # what shop.orders holds, by order_id
+    lines: dict[int, list[dict[str, Any]]] = {}  # what shop.order_items holds
     lsn = 24_000_000
     now = start
 
-    def emit(topic: Topic, key_field: dict[str, Any], row: dict[str, Any], op: str) -> None:
+    def emit(topic: Topic, key: dict[str, Any], row: dict[str, Any], op: str) -> None:
         nonlocal lsn
         lsn += 8
         value = {**row, "__op": op, "__lsn": lsn, "__source_ts_ms": int(now.timestamp() * 1000)}
         value["__deleted"] = "true" if op == "d" else "false"
-        key = json.dumps(key_field, separators=(",", ":"))
-        partition = _partition(str(key_field["order_id"]), partitions)
+        partition = kafka_partition(str(key["order_id"]), partitions)
         topic.records.append(Record(value, key, partition, now))
         if op == "d":
             topic.records.append(Record(None, key, partition, now))
 
-    planner = OrderPlanner(seed)
-    for batch in planner.operations(count):
+    for batch in OrderPlanner(seed).operations(count):
         for op in batch:
             now += step
             if isinstance(op, NewOrder):
-                order_id = len(id_of_ref) + 1
-                id_of_ref[op.ref] = order_id
-                row: dict[str, Any] = {
+                order_id = len(run.orders) + 1  # the identity column's next value
+                record = create_record(op, order_id, now)
+                # The columns simulators.shop_db's INSERT_ORDER writes, and their defaults.
+                rows[order_id] = {
                     "order_id": order_id,
                     "customer_id": op.customer_id,
                     "status": "pending",
@@ -203,14 +259,12 @@ def online_orders(
                     "subtotal": op.subtotal,
                     "tax": op.tax,
                     "total": op.total,
-                    "created_at": _zoned(now),
-                    "updated_at": _zoned(now),
+                    "created_at": zoned_timestamp(now),
+                    "updated_at": zoned_timestamp(now),
                 }
-                state[order_id] = row
-                emit(orders_topic, {"order_id": order_id}, row, "c")
-                lines[order_id] = []
-                for line in op.lines:
-                    item = {
+                emit(orders_topic, {"order_id": order_id}, rows[order_id], "c")
+                lines[order_id] = [
+                    {
                         "order_id": order_id,
                         "line_number": line.line_number,
                         "sku": line.sku,
@@ -218,34 +272,45 @@ def online_orders(
                         "unit_price": line.unit_price,
                         "line_total": line.line_total,
                     }
-                    lines[order_id].append(item)
-                    emit(items_topic, {"order_id": order_id, "line_number": line.line_number}, item, "c")
-                history[order_id].append("pending")
+                    for line in op.lines
+                ]
+                for item in lines[order_id]:
+                    emit(items_topic, {"order_id": order_id, "line_number": item["line_number"]}, item, "c")
             elif isinstance(op, StatusChange):
-                order_id = id_of_ref[op.ref]
-                row = {**state[order_id], "status": op.to_status, "updated_at": _zoned(now)}
-                state[order_id] = row
-                emit(orders_topic, {"order_id": order_id}, row, "u")
-                history[order_id].append(op.to_status)
+                order_id = run.orders[op.ref].order_id
+                record = status_record(op, order_id, now)
+                rows[order_id] = {
+                    **rows[order_id],
+                    "status": op.to_status,
+                    "updated_at": zoned_timestamp(now),
+                }
+                emit(orders_topic, {"order_id": order_id}, rows[order_id], "u")
             elif isinstance(op, DeleteOrder):
-                order_id = id_of_ref[op.ref]
-                emit(orders_topic, {"order_id": order_id}, state.pop(order_id), "d")
-                for item in lines.pop(order_id):  # ON DELETE CASCADE, after the parent row
-                    emit(items_topic, {"order_id": order_id, "line_number": item["line_number"]}, item, "d")
-                history[order_id].append("deleted")
+                order = run.orders[op.ref]
+                record = delete_record(op, order, now)
+                emit(orders_topic, {"order_id": order.order_id}, rows.pop(order.order_id), "d")
+                for item in lines.pop(order.order_id):  # ON DELETE CASCADE, after the parent row
+                    key = {"order_id": order.order_id, "line_number": item["line_number"]}
+                    emit(items_topic, key, item, "d")
+            run.add(record)
     duplicates = 0
     for topic in (orders_topic, items_topic):
-        again = [r for r in topic.records[replay[0] : replay[1]]]
+        again = topic.records[replay[0] : replay[1]]
         topic.records.extend(Record(r.value, r.key, r.partition, now + step) for r in again)
         duplicates += sum(1 for r in again if r.value is not None)
 
-    manifest = Manifest(source="orders", seed=seed)
-    for order_id, row in state.items():
-        created = datetime.fromisoformat(row["created_at"])
-        manifest.add_order("online", None, created.date(), len(lines[order_id]), row["subtotal"], row["tax"])
-    deleted = set(id_of_ref.values()) - set(state)
-    final = {order_id: row["status"] for order_id, row in state.items()}
-    return OnlineOrders(orders_topic, items_topic, manifest, final, deleted, dict(history), duplicates)
+    existing = [r for r in run.orders.values() if not r.deleted]
+    return OnlineOrders(
+        orders_topic,
+        items_topic,
+        run.manifest(),
+        {r.order_id: r.status for r in existing},
+        {r.order_id for r in run.orders.values() if r.deleted},
+        duplicates,
+    )
+
+
+# --- in-store orders: confirmation emails through the email producer's parser ---------------------------
 
 
 @dataclass
@@ -256,63 +321,50 @@ class StoreOrders:
     genuine: int
 
 
-def store_orders(seed: int, count: int, start: datetime, step: timedelta, partitions: int = 2) -> StoreOrders:
-    """``count`` confirmation emails as the email producer publishes them: re-sends kept, malformed not."""
-    topic = Topic(topics.STORE_ORDERS, avsc_schema("store_order"))
-    manifest = Manifest(source="emails", seed=seed)
-    purchased: dict[int, datetime] = {}
-    resends = genuine = 0
+def store_orders(
+    seed: int,
+    count: int,
+    start: datetime,
+    step: timedelta,
+    partitions: int = 2,
+    *,
+    registry: SchemaRegistryClient | None = None,
+) -> StoreOrders:
+    """``count`` confirmation emails as the email producer publishes them: re-sends kept, refused ones not."""
+    registry = registry or fixture_registry()
+    serde = EmailSerde.registered(
+        registry, topics.STORE_ORDERS, topics.dlq(topics.STORE_ORDERS), topics.EMAIL_CHECKPOINTS
+    )
+    topic = Topic(topics.STORE_ORDERS, registry, load_schema("store_order"))
+    config = EmailsConfig(seed=seed, count=count, anomaly_share=0.3)
+    sent = EmailsRun(config, RECIPIENT)
+    originals: dict[int, tuple[datetime, str]] = {}  # seq -> purchase time, Message-ID
     now = start
-    mailbox = "imap://confirmations@127.0.0.1:13143/INBOX"
-    for planned in EmailPlanner(seed, count, anomaly_share=0.3).emails():
+    for planned in EmailPlanner(seed, count, anomaly_share=config.anomaly_share).emails():
         now += step
-        if planned.malformed:
-            continue
-        purchase = planned.purchase
-        if planned.duplicate_of is None:
-            purchased[planned.seq] = now
-            genuine += 1
-            day = now.astimezone(UTC).date()
-            manifest.add_order(
-                "in_store", purchase.store.store_id, day, len(purchase.lines), purchase.subtotal, purchase.tax
-            )
+        message_id = f"<{seed}-{planned.seq}@{MAIL_DOMAIN}>"
+        # As simulators.email_sender.send_emails does: the till's local time to the second; a re-send
+        # repeats its original's purchase time.
+        sent_at = now.astimezone(ZoneInfo(planned.purchase.store.timezone)).replace(microsecond=0)
+        original_id = None
+        if planned.duplicate_of is not None:
+            purchased_at, original_id = originals[planned.duplicate_of]
         else:
-            resends += 1
-        ordered_at = purchased[planned.seq if planned.duplicate_of is None else planned.duplicate_of]
-        value = {
-            "order_number": purchase.order_number,
-            "store_id": purchase.store.store_id,
-            "store_name": purchase.store.name,
-            "ordered_at": ordered_at,
-            "ordered_at_local": ordered_at.astimezone(ZoneInfo(purchase.store.timezone)).isoformat(),
-            "customer_id": purchase.customer_id,
-            "payment_method": purchase.payment_method,
-            "cashier": purchase.cashier,
-            "lines": [
-                {
-                    "line_number": line.line_number,
-                    "sku": line.sku,
-                    "name": line.name,
-                    "quantity": line.quantity,
-                    "unit_price": line.unit_price,
-                    "line_total": line.line_total,
-                }
-                for line in purchase.lines
-            ],
-            "subtotal": purchase.subtotal,
-            "tax_rate": purchase.store.tax_rate,
-            "tax": purchase.tax,
-            "total": purchase.total,
-            "currency": "EUR",
-            "message_id": f"<{seed}-{planned.seq}@stores.omnistream.local>",
-            "mailbox": mailbox,
-            "uidvalidity": 1,
-            "imap_uid": planned.seq + 1,
-            "received_at": now,
-        }
-        key = purchase.order_number
-        topic.records.append(Record(value, key, _partition(key, partitions), now))
-    return StoreOrders(topic, manifest, resends, genuine)
+            purchased_at = sent_at
+        if planned.genuine:
+            originals[planned.seq] = (purchased_at, message_id)
+        raw = build_message(planned, purchased_at, sent_at, RECIPIENT, MAIL_DOMAIN, message_id).as_bytes()
+        sent.record(planned, message_id, purchased_at, original_id)
+        try:
+            order = parse_email(raw, Provenance(MAILBOX, UIDVALIDITY, planned.seq + 1, now))
+        except ParseError:
+            continue  # a dead letter, not a landed order
+        partition = kafka_partition(order.order_number, partitions)
+        topic.records.append(Record(order.to_avro(), order.order_number, partition, now, serde.order(order)))
+    return StoreOrders(topic, sent.manifest, len(sent.anomalies["duplicate"]), sent.orders)
+
+
+# --- master data: two snapshots through the producer's record converter ----------------------------------
 
 
 @dataclass
@@ -325,97 +377,53 @@ class MasterData:
     deactivated_customer: int
 
 
-def master_data(seed: int, first: datetime, second: datetime) -> MasterData:
+def master_data(
+    seed: int, first: datetime, second: datetime, *, registry: SchemaRegistryClient | None = None
+) -> MasterData:
     """Two snapshots: everything at ``first``; at ``second`` three price changes, a deactivation, a delete."""
-    ref = build_reference(seed)
-    customers = Topic(topics.CUSTOMERS, avsc_schema("customer"))
-    products = Topic(topics.PRODUCTS, avsc_schema("product"))
-    stores = Topic(topics.STORES, avsc_schema("store"))
+    registry = registry or fixture_registry()
+    tables = reference_tables(build_reference(seed))
+    specs = {name: ENTITY_SPECS[name] for name in ("customers", "products", "stores")}
+    converters = {
+        name: RecordConverter(load_schema(spec.schema), spec.key_field) for name, spec in specs.items()
+    }
+    entity_topics = {
+        name: Topic(spec.topic, registry, load_schema(spec.schema)) for name, spec in specs.items()
+    }
 
-    def snap(at: datetime) -> dict[str, Any]:
-        return {"snapshot_id": f"snap-{at:%Y%m%d%H%M%S}", "snapshot_at": at}
+    def publish(name: str, records: list[dict[str, Any]], at: datetime) -> None:
+        """What the producer publishes for records the API serves in the snapshot taken at ``at``."""
+        snapshot_id = new_snapshot_id(at)
+        for record in records:
+            item = public_view(ENTITIES[name], record)
+            key = converters[name].key(item)
+            assert key is not None
+            value = converters[name].convert(item, snapshot_id, at)
+            entity_topics[name].records.append(Record(value, key, 0, at))
 
-    for c in ref.customers:
-        value = {
-            "customer_id": c.customer_id,
-            "first_name": c.first_name,
-            "last_name": c.last_name,
-            "email": c.email,
-            "street": c.street,
-            "city": c.city,
-            "postcode": c.postcode,
-            "country": c.country,
-            "active": True,
-            "created_at": c.created_at,
-            "updated_at": c.created_at,
-            **snap(first),
-        }
-        customers.records.append(Record(value, str(c.customer_id), 0, first))
-    for p in ref.products:
-        value = {
-            "sku": p.sku,
-            "name": p.name,
-            "category": p.category,
-            "unit_price": p.unit_price,
-            "active": True,
-            "created_at": p.created_at,
-            "updated_at": p.created_at,
-            **snap(first),
-        }
-        products.records.append(Record(value, p.sku, 0, first))
-    for s in ref.stores:
-        value = {
-            "store_id": s.store_id,
-            "name": s.name,
-            "city": s.city,
-            "country": s.country,
-            "locale": s.locale,
-            "timezone": s.timezone,
-            "tax_rate": s.tax_rate,
-            "opened_at": s.opened_at,
-            "active": True,
-            "updated_at": s.opened_at,
-            **snap(first),
-        }
-        stores.records.append(Record(value, s.store_id, 0, first))
+    for name, rows in tables.items():
+        publish(name, [rows[key] for key in sorted(rows)], first)
 
-    repriced = [p.sku for p in ref.products[:3]]
-    for record in products.records[:3]:
-        assert record.value is not None
-        value = {
-            **record.value,
-            "unit_price": record.value["unit_price"] + Decimal("1.00"),
-            "updated_at": second,
-        }
-        products.records.append(Record({**value, **snap(second)}, record.key, 0, second))
-    deactivated = ref.customers[1].customer_id
-    first_record = customers.records[1].value
-    assert first_record is not None
-    customers.records.append(
-        Record(
-            {**first_record, "active": False, "updated_at": second, **snap(second)},
-            str(deactivated),
-            0,
-            second,
-        )
+    products = [tables["products"][sku] for sku in sorted(tables["products"])[:3]]
+    repriced = [
+        {**p, "unit_price": p["unit_price"] + Decimal("1.00"), "updated_at": second} for p in products
+    ]
+    publish("products", repriced, second)
+    customer_ids = sorted(tables["customers"])
+    deactivated, deleted = customer_ids[1], customer_ids[2]
+    publish(
+        "customers", [{**tables["customers"][deactivated], "active": False, "updated_at": second}], second
     )
-    deleted = ref.customers[2].customer_id
-    customers.records.append(Record(None, str(deleted), 0, second))
-    return MasterData(customers, products, stores, repriced, deleted, deactivated)
-
-
-def merged_totals(
-    manifests: Iterable[Manifest],
-) -> dict[tuple[str, str | None, date], tuple[int, int, Decimal, Decimal]]:
-    """(channel, store, day) → (orders, lines, net, tax) summed over manifests."""
-    out: dict[tuple[str, str | None, date], tuple[int, int, Decimal, Decimal]] = {}
-    for manifest in manifests:
-        for key, t in manifest.totals.items():
-            if not t.orders:
-                continue
-            o, n, net, tax = out.get(key, (0, 0, Decimal("0.00"), Decimal("0.00")))
-            out[key] = (o + t.orders, n + t.lines, net + t.net, tax + t.tax)
-    return out
+    # The API no longer serves the deleted customer: the snapshot ends with its tombstone.
+    entity_topics["customers"].records.append(Record(None, str(deleted), 0, second))
+    return MasterData(
+        entity_topics["customers"],
+        entity_topics["products"],
+        entity_topics["stores"],
+        [p["sku"] for p in products],
+        deleted,
+        deactivated,
+    )
 
 
 # --- the Snowflake Kafka connector's layout ------------------------------------------------------------
@@ -439,22 +447,10 @@ def _snowflake_type(typ: pa.DataType) -> str:
     return "variant"
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    return value
-
-
 def load_snowflake_table(cursor: Any, schema: str, table: str, topic: Topic, chunk: int = 200) -> int:
     """Create and fill ``schema.table`` as the Snowflake connector does with schematization: RECORD_METADATA
     (a variant: offset, partition, topic, key, CreateTime in epoch ms, schema_id) and one column per field."""
-    columns = [(f.name, _snowflake_type(f.type)) for f in topic.schema]
+    columns = [(f.name, _snowflake_type(f.type)) for f in topic.columns]
     ddl = ", ".join(f'"{name.upper()}" {typ}' for name, typ in [("record_metadata", "variant"), *columns])
     cursor.execute(f"create or replace table {schema}.{table} ({ddl})")
     offsets: dict[int, int] = defaultdict(int)
@@ -462,23 +458,22 @@ def load_snowflake_table(cursor: Any, schema: str, table: str, topic: Topic, chu
     for record in topic.records:
         offset = offsets[record.partition]
         offsets[record.partition] += 1
+        serialized = topic.serialized_value(record)
         metadata = {
             "offset": offset,
             "partition": record.partition,
             "topic": topic.name,
-            "key": record.key,
+            "key": record.key_text,
             "CreateTime": int(record.timestamp.timestamp() * 1000),
-            "schema_id": 1,
+            "schema_id": None if serialized is None else schema_id_of(serialized),
         }
-        values: list[Any] = [json.dumps(metadata)]
+        values: list[Any] = [to_json(metadata)]
         for name, typ in columns:
             value = None if record.value is None else record.value[name]
             if typ in ("array", "variant") and value is not None:
-                value = json.dumps(_json_value(value))
-            elif isinstance(value, datetime):
-                value = value.isoformat()
-            elif isinstance(value, Decimal):
-                value = str(value)
+                value = to_json(value)
+            elif value is not None and not isinstance(value, bool | int | str):
+                value = json_default(value)  # Decimal, datetime: exact text the cast reads back
             values.append(value)
         rows.append(values)
     names = ", ".join(f'"{name.upper()}"' for name in ["record_metadata", *[n for n, _ in columns]])
@@ -531,36 +526,26 @@ class Warehouse:
 
 
 def write_sources(root: Path) -> tuple[OnlineOrders, StoreOrders, MasterData, Totals]:
-    """Landed topics under ``root/landing``, history under ``root/history``; the merged ground truth."""
-    landing = root / "landing"
-    online = online_orders(SEED, count=60, start=LIVE_START, step=timedelta(minutes=7))
-    stores = store_orders(SEED, count=80, start=LIVE_START, step=timedelta(minutes=5))
-    masterdata = master_data(SEED, LIVE_START - timedelta(days=1), LIVE_START + timedelta(hours=2))
-    for topic in (online.orders, online.order_items, stores.topic, *_master_topics(masterdata)):
-        topic.write(landing)
-    history = generate_history(root / "history_out", seed=SEED, rows=3_000, end=HISTORY_END)
+    """Landed topics under ``root/landing``, history under ``root/history_out``; the merged ground truth.
 
-    expected: Totals = {}
-    sources = [
-        {
-            (c, s, d.isoformat()): (t.orders, t.lines, t.net, t.tax)
-            for (c, s, d), t in m.totals.items()
-            if t.orders
-        }
-        for m in (online.manifest, stores.manifest)
-    ]
-    sources.append(
-        {
-            k: (v["orders"], v["lines"], v["net"], v["tax"])
-            for k, v in read_totals(history.manifest_path).items()
-        }
-    )
-    for totals in sources:
-        for key, (orders, lines, net, tax) in totals.items():
-            o, n, a, b = expected.get(key, (0, 0, Decimal("0.00"), Decimal("0.00")))
-            expected[key] = (o + orders, n + lines, a + net, b + tax)
+    The truth is put together as ``omnistream reconcile`` does it: each source's manifest in its out dir,
+    read back by ``omnistream.reconcile``.
+    """
+    registry = fixture_registry()
+    online = online_orders(SEED, count=60, start=LIVE_START, step=timedelta(minutes=7), registry=registry)
+    stores = store_orders(SEED, count=80, start=LIVE_START, step=timedelta(minutes=5), registry=registry)
+    first, second = LIVE_START - timedelta(days=1), LIVE_START + timedelta(hours=2)
+    masterdata = master_data(SEED, first, second, registry=registry)
+    landed = (online.orders, online.order_items, stores.topic)
+    for topic in (*landed, masterdata.customers, masterdata.products, masterdata.stores):
+        topic.write(root / "landing")
+    history_out = root / "history_out"
+    generate_history(history_out, seed=SEED, rows=3_000, end=HISTORY_END)
+    outs = [history_out]
+    for name, manifest in (("orders", online.manifest), ("emails", stores.manifest)):
+        out = root / "simulators" / name
+        manifest.write(out / MANIFEST_NAME)
+        outs.append(out)
+    truth = expected_totals(source_truth(out) for out in outs)
+    expected = {key: (t.orders, t.lines, t.net, t.tax) for key, t in truth.items()}
     return online, stores, masterdata, expected
-
-
-def _master_topics(masterdata: MasterData) -> tuple[Any, ...]:
-    return (masterdata.customers, masterdata.products, masterdata.stores)

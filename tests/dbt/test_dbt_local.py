@@ -70,14 +70,6 @@ def test_redelivered_changes_are_counted_once(warehouse: Warehouse) -> None:
     assert received > dropped > 0
 
 
-def test_status_history_follows_every_transition(warehouse: Warehouse) -> None:
-    rows = warehouse.query(
-        "select order_id, list(status order by lsn) from intermediate.int_online_order_statuses_historized"
-        " group by order_id"
-    )
-    assert {order_id: statuses for order_id, statuses in rows} == warehouse.online.status_history
-
-
 def test_resent_confirmations_count_once(warehouse: Warehouse) -> None:
     ((orders, resends),) = warehouse.query(
         "select count(*), sum(resend_count) from intermediate.int_store_orders_deduplicated"

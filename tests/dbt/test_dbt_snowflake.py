@@ -10,6 +10,7 @@ accepts the clause and grants nothing); the fallback, PUT into an internal stage
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -35,6 +36,9 @@ from omnistream.warehouse.history_load import (
 
 DATABASE = "OMNISTREAM"
 START_DEADLINE_S = 60.0
+# The snapshot macros fakesnow needs, loaded into this run only (dbt_project.yml's test_macro_path).
+FAKESNOW_MACROS = Path(__file__).resolve().parent / "fakesnow_macros"
+FAKESNOW_VARS = ["--vars", json.dumps({"test_macro_path": str(FAKESNOW_MACROS)})]
 
 
 def free_port() -> int:
@@ -134,7 +138,8 @@ def snowflake_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sn
         # Unit tests are checks of the models' logic, run on the local target; dbt-snowflake stages their
         # fixtures in temporary tables, which fakesnow cannot create in a named database.
         for _ in range(2):
-            warehouse.builds.append(run_dbt(["build", "--exclude-resource-type", "unit_test"], run).stdout)
+            build = ["build", "--exclude-resource-type", "unit_test", *FAKESNOW_VARS]
+            warehouse.builds.append(run_dbt(build, run).stdout)
         yield warehouse
     finally:
         process.terminate()

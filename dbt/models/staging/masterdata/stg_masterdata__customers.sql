@@ -11,7 +11,7 @@ source as (
 renamed as (
 
     select
-        coalesce(cast(customer_id as bigint), cast({{ kafka_key() }} as bigint)) as customer_id,
+        {{ masterdata_id('customer_id', 'bigint') }} as customer_id,
         cast(first_name as varchar) as first_name,
         cast(last_name as varchar) as last_name,
         cast(email as varchar) as email,
@@ -23,11 +23,7 @@ renamed as (
         customer_id is null as is_deleted,
         {{ to_timestamptz('created_at') }} as created_at,
         {{ to_timestamptz('updated_at') }} as updated_at,
-        cast(snapshot_id as varchar) as snapshot_id,
-        {{ to_timestamptz('snapshot_at') }} as snapshot_at,
-        {{ kafka_partition() }} as kafka_partition,
-        {{ kafka_offset() }} as kafka_offset,
-        {{ kafka_timestamp() }} as landed_at
+        {{ masterdata_snapshot_columns() }}
 
     from source
 

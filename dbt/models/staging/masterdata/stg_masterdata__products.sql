@@ -10,7 +10,7 @@ source as (
 renamed as (
 
     select
-        coalesce(cast(sku as varchar), {{ kafka_key() }}) as sku,
+        {{ masterdata_id('sku', 'varchar') }} as sku,
         cast(name as varchar) as product_name,
         cast(category as varchar) as category,
         {{ money('unit_price') }} as unit_price,
@@ -18,11 +18,7 @@ renamed as (
         sku is null as is_deleted,
         {{ to_timestamptz('created_at') }} as created_at,
         {{ to_timestamptz('updated_at') }} as updated_at,
-        cast(snapshot_id as varchar) as snapshot_id,
-        {{ to_timestamptz('snapshot_at') }} as snapshot_at,
-        {{ kafka_partition() }} as kafka_partition,
-        {{ kafka_offset() }} as kafka_offset,
-        {{ kafka_timestamp() }} as landed_at
+        {{ masterdata_snapshot_columns() }}
 
     from source
 

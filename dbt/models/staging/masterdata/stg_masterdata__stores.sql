@@ -10,7 +10,7 @@ source as (
 renamed as (
 
     select
-        coalesce(cast(store_id as varchar), {{ kafka_key() }}) as store_id,
+        {{ masterdata_id('store_id', 'varchar') }} as store_id,
         cast(name as varchar) as store_name,
         cast(city as varchar) as city,
         cast(country as varchar) as country,
@@ -21,11 +21,7 @@ renamed as (
         cast(active as boolean) as is_active,
         store_id is null as is_deleted,
         {{ to_timestamptz('updated_at') }} as updated_at,
-        cast(snapshot_id as varchar) as snapshot_id,
-        {{ to_timestamptz('snapshot_at') }} as snapshot_at,
-        {{ kafka_partition() }} as kafka_partition,
-        {{ kafka_offset() }} as kafka_offset,
-        {{ kafka_timestamp() }} as landed_at
+        {{ masterdata_snapshot_columns() }}
 
     from source
 

@@ -31,16 +31,7 @@ renamed as (
 
 deduplicated as (
 
-    select
-        *,
-        -- How many copies of this change landed; more than one is an at-least-once re-delivery.
-        count(*) over (partition by order_id, line_number, lsn) as delivery_count
-    from renamed
-    qualify
-        row_number() over (
-            partition by order_id, line_number, lsn
-            order by kafka_partition, kafka_offset
-        ) = 1
+    {{ dedup_cdc('renamed', ['order_id', 'line_number']) }}
 
 )
 
