@@ -314,11 +314,6 @@ class DbtSettings(BaseModel):
             raise ValueError("dbt.date_spine_start must come before dbt.date_spine_end")
         return self
 
-    @property
-    def adapter(self) -> str:
-        """The target's dbt adapter (`duckdb`, `snowflake`), as the profile declares it."""
-        return dbt_profile_outputs().get(self.target, self.target)
-
 
 class SnowflakeSettings(BaseModel):
     """The Snowflake account of dbt's ``snowflake`` target and of the history load (``COPY INTO``)."""

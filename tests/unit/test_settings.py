@@ -26,6 +26,7 @@ from omnistream.stack.versions import VERSIONS_FILE, pinned_versions, version
 from omnistream.warehouse.dbt import (
     PROJECT_DIR,
     DbtRun,
+    adapter,
     configured_run,
     dbt_env,
     default_duckdb_path,
@@ -164,7 +165,7 @@ def test_settings_environment_round_trips_every_section(
 
 def test_dbt_targets_are_the_profiles_outputs() -> None:
     assert dbt_profile_outputs() == {"local": "duckdb", "snowflake": "snowflake"}
-    assert Settings(dbt={"target": "snowflake"}).dbt.adapter == "snowflake"
+    assert (adapter("local"), adapter("snowflake")) == ("duckdb", "snowflake")
     with pytest.raises(ValidationError, match=r"dbt.target is one of local, snowflake .*not 'nosuch'"):
         Settings(dbt={"target": "nosuch"})
 
