@@ -7,14 +7,26 @@ at the local stack (``omnistream stack up``).
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+logger = logging.getLogger(__name__)
+
 LOOPBACK = "127.0.0.1"
+ENV_PREFIX = "OMNISTREAM_"
+# The dbt project; its profile's outputs are the targets `dbt.target` may name.
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt"
+DBT_PROFILE = "omnistream"
 # Default ports sit below Linux's ephemeral range (32768-60999): a port in that range can be taken at
 # any moment by an outgoing connection's local end, and a server then fails to bind.
 
@@ -237,6 +249,97 @@ class PipelineSettings(BaseModel):
     restart_backoff_max_s: float = 300.0
 
 
+@lru_cache(maxsize=1)
+def dbt_profile_outputs() -> dict[str, str]:
+    """The outputs of dbt/profiles.yml (the targets dbt can build) and each one's adapter type.
+
+    Empty when the profile is not there (omnistream installed without its dbt project): nothing to check
+    a target against, and `omnistream dbt` cannot run anyway.
+    """
+    path = DBT_PROJECT_DIR / "profiles.yml"
+    if not path.is_file():
+        return {}
+    import yaml  # type: ignore[import-untyped]  # PyYAML ships no stubs; types-PyYAML is not installed
+
+    outputs = yaml.safe_load(path.read_text())[DBT_PROFILE]["outputs"]
+    return {str(name): str(output["type"]) for name, output in outputs.items()}
+
+
+class DbtSettings(BaseModel):
+    """The dbt project (dbt/): the target it builds and where the local (DuckDB) target reads and writes.
+
+    dbt reads these as ``OMNISTREAM_DBT__*`` variables (dbt/profiles.yml, dbt_project.yml); every run through
+    omnistream (``omnistream dbt``, the Airflow DAG) writes them from here, so these defaults are the ones
+    that count.
+    """
+
+    # An output of dbt/profiles.yml: `local` (DuckDB over the landed Parquet) or `snowflake`.
+    target: str = "local"
+    # Empty: <state_dir>/warehouse/omnistream.duckdb.
+    duckdb_path: Path | None = None
+    # The landed topics dbt reads. Empty: landing.dir, else <state_dir>/landing (where the sink lands).
+    landing_root: Path | None = None
+    # The history dbt reads: a directory, or gcs://bucket/prefix (loaded into the warehouse first). Empty:
+    # the history simulator's local output if there is one, else gcs://<gcs.bucket>/history.
+    history_root: str = ""
+    # The schema of the raw layer (the landed topics' views or the Kafka connector's tables).
+    raw_schema: str = "raw"
+    threads: int = Field(default=2, ge=1)
+    # dbt's artifacts (manifest, run results, compiled SQL) and logs. Empty: DBT_TARGET_PATH if set (dbt's
+    # own variable), else dbt/target.
+    target_path: Path | None = None
+    # How DuckDB reads gcs:// history in place (gcsfs). Empty endpoint: gcs.endpoint; empty token: `anon`
+    # against an emulator, `google_default` (the machine's Google credentials) for Google Cloud Storage.
+    gcs_endpoint: str = ""
+    gcs_token: str = ""
+    # The calendar of the date dimension.
+    date_spine_start: date = date(2014, 1, 1)
+    date_spine_end: date = date(2031, 12, 31)
+    # Completeness tests (lines vs. orders, marts vs. sources) skip rows newer than this many minutes: rows
+    # in flight while the pipeline runs. 0 for a build over a pipeline at rest; the scheduled build uses
+    # airflow.dbt_in_flight_minutes.
+    in_flight_minutes: int = Field(default=0, ge=0)
+
+    @field_validator("target")
+    @classmethod
+    def _profile_output(cls, value: str) -> str:
+        outputs = dbt_profile_outputs()
+        if outputs and value not in outputs:
+            raise ValueError(f"dbt.target is one of {', '.join(outputs)} (dbt/profiles.yml), not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _spine_in_order(self) -> DbtSettings:
+        if self.date_spine_start >= self.date_spine_end:
+            raise ValueError("dbt.date_spine_start must come before dbt.date_spine_end")
+        return self
+
+
+class SnowflakeSettings(BaseModel):
+    """The Snowflake account of dbt's ``snowflake`` target and of the history load (``COPY INTO``)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    # The account identifier (e.g. `myorg-myaccount`); required on the snowflake target.
+    account: str = ""
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    role: str = "TRANSFORMER"
+    database: str = "OMNISTREAM"
+    warehouse: str = "TRANSFORMING"
+    # Named `schema_` in Python (a field `schema` would shadow pydantic's BaseModel.schema); the variable is
+    # OMNISTREAM_SNOWFLAKE__SCHEMA.
+    schema_: str = Field(default="PUBLIC", alias="schema")
+    # Only to reach a Snowflake-protocol stand-in (fakesnow): empty host for Snowflake itself.
+    host: str = ""
+    port: int = Field(default=443, ge=1, le=65535)
+    protocol: Literal["https", "http"] = "https"
+
+
+# How Snowflake's stage reaches the history's files (see HistorySettings.stage_access).
+STAGE_ACCESS = ("integration", "internal")
+
+
 class HistorySettings(BaseModel):
     """The history load (``omnistream dbt load-history``, the ``omnistream_history_load`` DAG)."""
 
@@ -254,7 +357,7 @@ class HistorySettings(BaseModel):
     @field_validator("stage_access")
     @classmethod
     def _known_access(cls, value: str) -> str:
-        if value not in ("integration", "internal"):
+        if value not in STAGE_ACCESS:
             raise ValueError("history.stage_access is `integration` (default) or `internal`")
         return value
 
@@ -286,6 +389,8 @@ class Settings(BaseSettings):
     airflow: AirflowSettings = AirflowSettings()
     pipeline: PipelineSettings = PipelineSettings()
     history: HistorySettings = HistorySettings()
+    dbt: DbtSettings = DbtSettings()
+    snowflake: SnowflakeSettings = SnowflakeSettings()
 
     @model_validator(mode="after")
     def _fill_local_secrets(self) -> Settings:
@@ -299,24 +404,94 @@ class Settings(BaseSettings):
         return self
 
 
+def variable_name(section: str, key: str | None = None) -> str:
+    """The environment variable of a section (a JSON object) or of one of its keys."""
+    return ENV_PREFIX + section.upper() + (f"__{key.upper()}" if key else "")
+
+
+def _section_keys(model: type[BaseModel]) -> list[str]:
+    """The keys a section reads: each field's alias where it has one, else its name."""
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``OMNISTREAM_…`` variable omnistream reads: one per section and one per key of each."""
+    names = set()
+    for section, info in Settings.model_fields.items():
+        names.add(variable_name(section))
+        assert isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        names.update(variable_name(section, key) for key in _section_keys(info.annotation))
+    return frozenset(names)
+
+
+def unknown_variables(names: Iterable[str]) -> dict[str, str | None]:
+    """Each ``OMNISTREAM_…`` name among ``names`` that no setting reads, with the closest known name or None.
+
+    Names compare without case, as the settings read them. The closeness is judged on what follows the
+    prefix, which every name shares.
+    """
+    known = known_variables()
+    tails = {name[len(ENV_PREFIX) :]: name for name in known}
+    unknown: dict[str, str | None] = {}
+    for name in names:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper[len(ENV_PREFIX) :], list(tails), n=1, cutoff=0.75)
+        unknown[name] = tails[close[0]] if close else None
+    return unknown
+
+
+def configured_variable_names(environ: Mapping[str, str]) -> list[str]:
+    """The variables the settings see: ``environ``'s and those of the .env files in the working directory."""
+    from dotenv import dotenv_values
+
+    names = list(environ)
+    env_files = Settings.model_config.get("env_file") or ()
+    for file in [env_files] if isinstance(env_files, str | Path) else env_files:
+        if Path(file).is_file():
+            names.extend(dotenv_values(file))
+    return names
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """Log one warning per unknown ``OMNISTREAM_…`` variable: a misspelt setting is otherwise ignored."""
+    unknown = unknown_variables(configured_variable_names(environ))
+    for name, close in sorted(unknown.items()):
+        hint = f"; did you mean {close}?" if close else ""
+        logger.warning("unknown setting %s is ignored%s", name, hint)
+    return unknown
+
+
+_unknown_variables_checked = False
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once."""
+    """The process-wide settings, read once; unknown ``OMNISTREAM_…`` variables are warned about once."""
+    global _unknown_variables_checked
+    if not _unknown_variables_checked:
+        _unknown_variables_checked = True
+        # Before reading: the warning helps most when a misspelt name leaves an invalid value in force.
+        warn_unknown_variables(os.environ)
     return Settings()
 
 
-def settings_environment(settings: Settings, *, secrets: bool = True) -> dict[str, str]:
+def settings_environment(
+    settings: Settings, *, secrets: bool = True, sections: Iterable[str] | None = None
+) -> dict[str, str]:
     """``settings`` as ``OMNISTREAM_<SECTION>__<KEY>`` variables, paths absolute, so that a process started
     with them (in any working directory) reads back the same settings.
 
     With ``secrets=False`` the secrets are left out: the process then gets them as every omnistream process
     does, from its own environment or from the stack's generated secrets file (which the state directory
-    variable points at), and none is written into a configuration file.
+    variable points at), and none is written into a configuration file. ``sections`` limits the variables
+    to those sections (e.g. what dbt reads).
     """
     env: dict[str, str] = {}
-    for section in type(settings).model_fields:
+    for section in type(settings).model_fields if sections is None else sections:
         model = getattr(settings, section)
-        for key in type(model).model_fields:
+        for key, info in type(model).model_fields.items():
             value = getattr(model, key)
             if isinstance(value, SecretStr):
                 if not secrets:
@@ -328,5 +503,5 @@ def settings_environment(settings: Settings, *, secrets: bool = True) -> dict[st
                 value = "true" if value else "false"
             elif isinstance(value, Path):
                 value = value.resolve()
-            env[f"OMNISTREAM_{section.upper()}__{key.upper()}"] = str(value)
+            env[variable_name(section, info.alias or key)] = str(value)
     return env

@@ -2,12 +2,13 @@
 
 The interval is ``OMNISTREAM_AIRFLOW__DBT_EVERY_MINUTES`` (settings.airflow.dbt_every_minutes, 15 by default).
 
-One plain task runs `dbt build` for the target in ``OMNISTREAM_DBT__TARGET`` (``local``: DuckDB over the
-landed Parquet; ``snowflake``: the Kafka connector's tables), with connection details from the environment
-(``OMNISTREAM_DBT__*``, ``OMNISTREAM_SNOWFLAKE__*``), never from this file. dbt runs only when the task
-runs: parsing this file imports nothing but Airflow's SDK and omnistream's settings (for the interval). A
-build is idempotent (views and tables are rebuilt from the raw layer, snapshots record only real changes), so
-a retry or an overlapping schedule is harmless; runs do not overlap anyway (max_active_runs=1).
+One plain task runs `dbt build` as the warehouse module configures it (``omnistream.warehouse.dbt``'s
+scheduled run): the target is ``dbt.target`` (``local``: DuckDB over the landed Parquet; ``snowflake``: the
+Kafka connector's tables), the connection details are the ``dbt`` and ``snowflake`` settings
+(``OMNISTREAM_DBT__*``, ``OMNISTREAM_SNOWFLAKE__*``), never this file. dbt runs only when the task runs:
+parsing this file imports nothing but Airflow's SDK and omnistream's settings (for the interval). A build
+is idempotent (views and tables are rebuilt from the raw layer, snapshots record only real changes), so a
+retry or an overlapping schedule is harmless; runs do not overlap anyway (max_active_runs=1).
 
 The task runs in the ``omnistream_warehouse`` pool (one slot), as does the history load's, so Airflow never
 runs the two writers of the local DuckDB file together; the warehouse lock the task takes covers writers
@@ -40,13 +41,10 @@ def omnistream_dbt() -> None:
     @task(execution_timeout=timedelta(minutes=30), pool=AIRFLOW_POOL)
     def dbt_build() -> dict[str, Any]:
         """`dbt build` on the configured target; fails the task (with dbt's output) if any node fails."""
-        import os
-
-        from omnistream.warehouse.dbt import DbtRun, result_counts, run_dbt
+        from omnistream.warehouse.dbt import result_counts, run_dbt, scheduled_run
 
         # The pipeline runs while this builds: completeness tests across streams skip in-flight rows.
-        in_flight = {"OMNISTREAM_DBT__IN_FLIGHT_MINUTES": str(get_settings().airflow.dbt_in_flight_minutes)}
-        run = DbtRun(target=os.environ.get("OMNISTREAM_DBT__TARGET", "local"), extra_env=in_flight)
+        run = scheduled_run()
         run_dbt(["build"], run)
         return {"target": run.target, "statuses": result_counts(run)}
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
+from omnistream.errors import OmnistreamError, Unreachable
 from omnistream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,11 +26,11 @@ REQUEST_TIMEOUT_S = 30.0
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 
-class AirflowError(RuntimeError):
+class AirflowError(OmnistreamError):
     """Airflow refused a request; the message says what and why."""
 
 
-class AirflowUnreachable(AirflowError):
+class AirflowUnreachable(AirflowError, Unreachable):
     """No answer from Airflow's API server."""
 
 
@@ -38,6 +39,8 @@ class DagNotFound(AirflowError):
 
 
 class _Transient(Exception):
+    """A 502-504 answer, retried; never leaves the client (the last one is returned as the response)."""
+
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(f"{response.status_code} {response.text[:200]}")
         self.response = response

@@ -43,7 +43,8 @@ import psycopg
 from psycopg import sql
 
 import omnistream
-from omnistream.settings import Settings, get_settings, settings_environment
+from omnistream.errors import OmnistreamError
+from omnistream.settings import Settings, settings_environment
 from omnistream.stack.layout import Layout
 from omnistream.warehouse.lock import AIRFLOW_POOL
 
@@ -63,7 +64,7 @@ PARALLELISM = 1
 EXECUTION_API_TIMEOUT_S = 30
 
 
-class AirflowSetupError(RuntimeError):
+class AirflowSetupError(OmnistreamError):
     """Airflow could not be prepared; the message says what failed and what to do."""
 
 
@@ -150,13 +151,12 @@ def _database_url(settings: Settings, password: str, driver: str) -> str:
 
 
 def airflow_environment(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Every variable the scheduler, DAG processor and API server need: ``AIRFLOW_*``, ``OMNISTREAM_*`` and
-    where dbt writes its artifacts (``DBT_TARGET_PATH``, ``DBT_LOG_PATH``).
+    """Every variable the scheduler, DAG processor and API server need: ``AIRFLOW_*`` and ``OMNISTREAM_*``.
 
-    ``OMNISTREAM_*`` variables of ``base`` (default: this process's environment) pass through, also those
-    no settings field reads (``OMNISTREAM_DBT__TARGET``, ``OMNISTREAM_HISTORY__ROOT``), then ``settings``
-    itself on top. Merge the result over the rest of the environment (PATH, HOME, …) to start a process.
-    Generates the secrets file at first use.
+    ``OMNISTREAM_*`` variables of ``base`` (default: this process's environment) pass through (the secrets
+    set there among them, which ``settings`` leaves out), then ``settings`` itself on top, with dbt's
+    artifacts under the state directory unless ``dbt.target_path`` says otherwise. Merge the result over
+    the rest of the environment (PATH, HOME, …) to start a process. Generates the secrets file at first use.
     """
     af = settings.airflow
     home = airflow_home(settings)
@@ -198,12 +198,12 @@ def airflow_environment(settings: Settings, base: Mapping[str, str] | None = Non
             # on the machine, so it takes the port after the API server's. Airflow binds it on all
             # interfaces; it answers only requests signed with [api] secret_key.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(af.port + 1),
-            # dbt's artifacts (manifest, run results, logs) of scheduled runs stay under the state directory,
-            # away from the repository's dbt/target, which a developer's own dbt runs use.
-            "DBT_TARGET_PATH": str(home / "dbt" / "target"),
-            "DBT_LOG_PATH": str(home / "dbt" / "logs"),
         }
     )
+    if settings.dbt.target_path is None:
+        # dbt's artifacts (manifest, run results, logs) of scheduled runs stay under the state directory,
+        # away from the repository's dbt/target, which a developer's own dbt runs use.
+        env["OMNISTREAM_DBT__TARGET_PATH"] = str((home / "dbt" / "target").resolve())
     return env
 
 
@@ -226,10 +226,6 @@ def airflow_commands(settings: Settings) -> dict[str, list[str]]:
         "airflow-scheduler": [airflow, "scheduler"],
         "airflow-dag-processor": [airflow, "dag-processor"],
     }
-
-
-# The programs for the process-wide settings; for any other settings object call airflow_commands().
-AIRFLOW_PROGRAMS: dict[str, list[str]] = airflow_commands(get_settings())
 
 
 def _airflow_version() -> str:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from omnistream.settings import Settings, get_settings
-from omnistream.warehouse.dbt import TARGETS, DbtError, DbtRun, run_dbt
+from omnistream.errors import OmnistreamError, Unreachable, UsageError
+from omnistream.settings import STAGE_ACCESS, Settings, get_settings
+from omnistream.warehouse.dbt import TARGETS, DbtRun, run_dbt
 
 if TYPE_CHECKING:
     from omnistream.warehouse.history_load import HistoryFile
@@ -19,44 +20,43 @@ if TYPE_CHECKING:
 dbt_app = typer.Typer(help="The warehouse: dbt (staging → intermediate → marts) and the history load.")
 
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-TARGET = typer.Option("local", "--target", "-t", help=f"dbt target: one of {', '.join(TARGETS)}.")
-DUCKDB = typer.Option(
-    None, "--duckdb", help="DuckDB file (default: <state dir>/warehouse/omnistream.duckdb)."
+TARGET = typer.Option(
+    None, "--target", "-t", help=f"dbt target: one of {', '.join(TARGETS)} (default: dbt.target, local)."
 )
-LANDING = typer.Option(None, "--landing", help="Landing root (default: <state dir>/landing).")
+DUCKDB = typer.Option(
+    None,
+    "--duckdb",
+    help="DuckDB file (default: dbt.duckdb_path, else <state dir>/warehouse/omnistream.duckdb).",
+)
+LANDING = typer.Option(
+    None, "--landing", help="Landing root (default: dbt.landing_root, else where the sink lands)."
+)
 HISTORY = typer.Option(
     None,
     "--history",
     help="History dataset: a directory (read in place) or gs://bucket/history (loaded into the warehouse "
-    "first, each file once, as load-history does); default: the simulator's local output if there is one, "
-    "else the bucket.",
+    "first, each file once, as load-history does); default: dbt.history_root, else the simulator's local "
+    "output if there is one, else the bucket.",
 )
 
 
 def _run(
     ctx: typer.Context,
     command: list[str],
-    target: str,
+    target: str | None,
     duckdb: Path | None,
     landing: Path | None,
     history: str | None,
 ) -> None:
-    from omnistream.warehouse.history_load import ChecksumMismatch
-    from omnistream.warehouse.lock import WarehouseBusy
-
     run = DbtRun(target=target, duckdb_path=duckdb, landing_root=landing, history_root=history)
-    try:
-        result = run_dbt([*command, *ctx.args], run, capture=False, check=False)
-    except (DbtError, WarehouseBusy, ChecksumMismatch) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
+    result = run_dbt([*command, *ctx.args], run, capture=False, check=False)
     raise typer.Exit(result.returncode)
 
 
 @dbt_app.command("build", context_settings=PASS_THROUGH)
 def build(
     ctx: typer.Context,
-    target: str = TARGET,
+    target: str | None = TARGET,
     duckdb: Path | None = DUCKDB,
     landing: Path | None = LANDING,
     history: str | None = HISTORY,
@@ -68,7 +68,7 @@ def build(
 @dbt_app.command("freshness", context_settings=PASS_THROUGH)
 def freshness(
     ctx: typer.Context,
-    target: str = TARGET,
+    target: str | None = TARGET,
     duckdb: Path | None = DUCKDB,
     landing: Path | None = LANDING,
     history: str | None = HISTORY,
@@ -80,21 +80,20 @@ def freshness(
 @dbt_app.command("run-dbt", context_settings=PASS_THROUGH)
 def run_any(
     ctx: typer.Context,
-    target: str = TARGET,
+    target: str | None = TARGET,
     duckdb: Path | None = DUCKDB,
     landing: Path | None = LANDING,
     history: str | None = HISTORY,
 ) -> None:
     """Any dbt command with the warehouse's environment: `omnistream dbt run-dbt test --select staging`."""
     if not ctx.args:
-        typer.echo("say which dbt command to run, e.g. `omnistream dbt run-dbt test`", err=True)
-        raise typer.Exit(2)
+        raise UsageError("say which dbt command to run, e.g. `omnistream dbt run-dbt test`")
     _run(ctx, [], target, duckdb, landing, history)
 
 
 @dbt_app.command("load-history")
 def load_history(
-    target: str = TARGET,
+    target: str | None = TARGET,
     history: str | None = typer.Option(
         None,
         "--history",
@@ -124,39 +123,26 @@ def load_history(
     A progress bar goes to stderr when it is a terminal."""
     import json
 
-    from omnistream.warehouse.dbt import default_duckdb_path
-    from omnistream.warehouse.history_load import (
-        ChecksumMismatch,
-        SnowflakeTarget,
-        load_history_into,
-        load_history_snowflake,
-    )
-    from omnistream.warehouse.lock import WarehouseBusy
+    from omnistream.warehouse.dbt import adapter, check_target
+    from omnistream.warehouse.history_load import SnowflakeTarget, load_history
 
     settings = get_settings()
-    if stage_access not in (None, "integration", "internal"):
-        typer.echo(f"error: --stage-access is `integration` or `internal`, not {stage_access!r}", err=True)
-        raise typer.Exit(2)
+    target = check_target(target or settings.dbt.target)
+    if stage_access not in (None, *STAGE_ACCESS):
+        raise UsageError(f"--stage-access is `integration` or `internal`, not {stage_access!r}")
+    stage = None
+    if adapter(target) == "snowflake":
+        stage = SnowflakeTarget(
+            stage_url=stage_url or settings.history.stage(settings.gcs),
+            storage_integration=storage_integration or settings.history.storage_integration,
+            stage_access=stage_access or settings.history.stage_access,
+        )
     root = history or settings.history.dataset(settings.gcs)
-    files = _list_or_exit(root, settings)
-    try:
-        with _progress(f"loading {root}", len(files)) as advance:
-            if target == "snowflake":
-                from omnistream.warehouse.snowflake import connect
-
-                stage = SnowflakeTarget(
-                    stage_url=stage_url or settings.history.stage(settings.gcs),
-                    storage_integration=storage_integration or settings.history.storage_integration,
-                    stage_access=stage_access or settings.history.stage_access,
-                )
-                with connect() as con:
-                    report = load_history_snowflake(con.cursor(), stage, files, settings.gcs, advance)
-            else:
-                path = duckdb or default_duckdb_path(settings)
-                report = load_history_into(path, files, settings.gcs, advance)
-    except (ValueError, WarehouseBusy, ChecksumMismatch) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    files = _list_files(root, settings)
+    with _progress(f"loading {root}", len(files)) as advance:
+        report = load_history(
+            files, settings, target=target, duckdb_path=duckdb, stage=stage, on_files=advance
+        )
     if as_json:
         typer.echo(json.dumps({"source": root, "target": target, **dataclasses.asdict(report)}))
     else:
@@ -165,8 +151,8 @@ def load_history(
         )
 
 
-def _list_or_exit(root: str, settings: Settings) -> list[HistoryFile]:
-    """The dataset's files; a missing bucket or an unreachable GCS is one line and exit 1, not a traceback."""
+def _list_files(root: str, settings: Settings) -> list[HistoryFile]:
+    """The dataset's files; a missing bucket or an unreachable GCS is an error that says which."""
     from google.api_core.exceptions import GoogleAPIError, NotFound
     from requests.exceptions import ConnectionError as HttpConnectionError
 
@@ -175,12 +161,13 @@ def _list_or_exit(root: str, settings: Settings) -> list[HistoryFile]:
     try:
         return list_history_files(root, settings.gcs)
     except NotFound as exc:
-        typer.echo(f"error: {root}: no such bucket at {settings.gcs.endpoint}", err=True)
-        raise typer.Exit(1) from exc
-    except (GoogleAPIError, HttpConnectionError) as exc:
+        raise OmnistreamError(f"{root}: no such bucket at {settings.gcs.endpoint}") from exc
+    except HttpConnectionError as exc:
         reason = str(exc).splitlines()[0][:300]
-        typer.echo(f"error: listing {root} at {settings.gcs.endpoint} failed: {reason}", err=True)
-        raise typer.Exit(1) from exc
+        raise Unreachable(f"listing {root} at {settings.gcs.endpoint} failed: {reason}") from exc
+    except GoogleAPIError as exc:
+        reason = str(exc).splitlines()[0][:300]
+        raise OmnistreamError(f"listing {root} at {settings.gcs.endpoint} failed: {reason}") from exc
 
 
 @contextlib.contextmanager

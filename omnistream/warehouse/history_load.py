@@ -36,7 +36,8 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-from omnistream.settings import GcsSettings, HistorySettings
+from omnistream.errors import OmnistreamError, UsageError
+from omnistream.settings import STAGE_ACCESS, GcsSettings, HistorySettings, Settings
 from omnistream.warehouse.lock import warehouse_lock
 
 logger = logging.getLogger(__name__)
@@ -44,9 +45,6 @@ logger = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).with_name("sql")
 PATTERN = "year=*/month=*/*.parquet"
 COPY_FILES_LIMIT = 1000  # Snowflake's limit on FILES = (...) in one COPY
-# How Snowflake reaches the files: through a storage integration on the external stage (the default), or
-# PUT into an internal stage by the loader, which reads the bucket with its own Google credentials.
-STAGE_ACCESS = ("integration", "internal")
 SAFE_STAGE_PATH = re.compile(r"[A-Za-z0-9_=./-]+")
 DEFAULT_STORAGE_INTEGRATION: str = HistorySettings.model_fields["storage_integration"].default
 
@@ -75,8 +73,16 @@ class LoadReport:
 OnFiles = Callable[[int], None]
 
 
-class ChecksumMismatch(RuntimeError):
+class ChecksumMismatch(OmnistreamError):
     """A file's content is not what its listing said (changed in between, or corrupted on the way)."""
+
+
+class StageConfigError(UsageError, ValueError):
+    """The Snowflake stage was asked for something that cannot be (an unknown access, no integration)."""
+
+
+class UnstageableName(OmnistreamError, ValueError):
+    """A history file's name has characters an unquoted stage path cannot hold."""
 
 
 def is_bucket_uri(root: str) -> bool:
@@ -293,9 +299,9 @@ class SnowflakeTarget:
 
     def __post_init__(self) -> None:
         if self.stage_access not in STAGE_ACCESS:
-            raise ValueError(f"stage_access must be one of {STAGE_ACCESS}, not {self.stage_access!r}")
+            raise StageConfigError(f"stage_access must be one of {STAGE_ACCESS}, not {self.stage_access!r}")
         if self.stage_access == "integration" and not self.storage_integration:
-            raise ValueError(
+            raise StageConfigError(
                 "the external stage needs a storage integration (OMNISTREAM_HISTORY__STORAGE_INTEGRATION); "
                 "without one, use the internal stage (OMNISTREAM_HISTORY__STAGE_ACCESS=internal)"
             )
@@ -350,7 +356,7 @@ def snowflake_put_statement(target: SnowflakeTarget, local: Path, name: str) -> 
     Uncompressed (Parquet compresses itself), and never over a file already staged under that name. The
     stage path stays unquoted (fakesnow reads no quoted one), so names are held to plain characters."""
     if not SAFE_STAGE_PATH.fullmatch(name):
-        raise ValueError(f"history file name {name!r} has characters an unquoted stage path cannot hold")
+        raise UnstageableName(f"history file name {name!r} has characters an unquoted stage path cannot hold")
     directory = name.rpartition("/")[0]
     location = f"@{target.schema}.{target.internal_stage}/" + (f"{directory}/" if directory else "")
     source = _quote("file://" + local.resolve().as_posix())
@@ -424,3 +430,46 @@ def _table_exists(cursor: Cursor, target: SnowflakeTarget) -> bool:
     )
     ((count,),) = cursor.fetchall()
     return int(count) > 0
+
+
+# --- The configured warehouse --------------------------------------------------------------------------
+
+
+def configured_history_files(settings: Settings) -> list[HistoryFile]:
+    """The files of the configured dataset (``history.root``, else the bucket's ``history/``)."""
+    return list_history_files(settings.history.dataset(settings.gcs), settings.gcs)
+
+
+def configured_stage(settings: Settings) -> SnowflakeTarget:
+    """The Snowflake stage the ``history`` settings describe."""
+    history = settings.history
+    return SnowflakeTarget(
+        stage_url=history.stage(settings.gcs),
+        storage_integration=history.storage_integration,
+        stage_access=history.stage_access,
+    )
+
+
+def load_history(
+    files: Sequence[HistoryFile],
+    settings: Settings,
+    *,
+    target: str | None = None,
+    duckdb_path: Path | None = None,
+    stage: SnowflakeTarget | None = None,
+    on_files: OnFiles | None = None,
+) -> LoadReport:
+    """Load ``files`` into the warehouse of the dbt target ``target`` (default: ``dbt.target``): COPY INTO on
+    Snowflake (through ``stage``, default: the configured one), else the DuckDB file (``duckdb_path``,
+    default: the configured one)."""
+    from omnistream.warehouse.dbt import adapter, check_target, default_duckdb_path
+
+    target = check_target(target or settings.dbt.target)
+    if adapter(target) == "snowflake":
+        from omnistream.warehouse.snowflake import connect
+
+        with connect(settings.snowflake) as con:
+            return load_history_snowflake(
+                con.cursor(), stage or configured_stage(settings), files, settings.gcs, on_files
+            )
+    return load_history_into(duckdb_path or default_duckdb_path(settings), files, settings.gcs, on_files)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from omnistream.errors import OmnistreamError
+
 logger = logging.getLogger(__name__)
 
 # The Airflow pool both DAGs' warehouse tasks run in: one slot, so the scheduler never starts a build and a
@@ -28,7 +30,7 @@ DEFAULT_TIMEOUT_S = 3600.0  # longer than any build or load; Airflow's own task 
 POLL_S = 0.5
 
 
-class WarehouseBusy(RuntimeError):
+class WarehouseBusy(OmnistreamError):
     """Another process held the warehouse for longer than the caller was willing to wait."""
 
 

@@ -1,36 +1,35 @@
-"""A Snowflake connection from the same ``OMNISTREAM_SNOWFLAKE__*`` variables the dbt profile reads."""
+"""A Snowflake connection from the settings' ``snowflake`` section, the account the dbt profile builds in."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
+from omnistream.errors import UsageError
+from omnistream.settings import SnowflakeSettings, get_settings
 
-def connect_params(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+
+def connect_params(snowflake: SnowflakeSettings) -> dict[str, Any]:
     """Arguments for ``snowflake.connector.connect``; host/port/protocol only when set (a stand-in)."""
-    env = os.environ if env is None else env
-
-    def get(key: str, default: str = "") -> str:
-        return env.get(f"OMNISTREAM_SNOWFLAKE__{key}", default)
-
+    if not snowflake.account:
+        raise UsageError(
+            "snowflake.account is not set: set OMNISTREAM_SNOWFLAKE__ACCOUNT to the Snowflake account to use"
+        )
     params: dict[str, Any] = {
-        "account": get("ACCOUNT"),
-        "user": get("USER"),
-        "password": get("PASSWORD"),
-        "role": get("ROLE", "TRANSFORMER"),
-        "warehouse": get("WAREHOUSE", "TRANSFORMING"),
-        "database": get("DATABASE", "OMNISTREAM"),
+        "account": snowflake.account,
+        "user": snowflake.user,
+        "password": snowflake.password.get_secret_value(),
+        "role": snowflake.role,
+        "warehouse": snowflake.warehouse,
+        "database": snowflake.database,
     }
-    if not params["account"]:
-        raise ValueError("OMNISTREAM_SNOWFLAKE__ACCOUNT is not set: say which Snowflake account to load into")
-    if get("HOST"):
-        params.update(host=get("HOST"), port=int(get("PORT", "443")), protocol=get("PROTOCOL", "https"))
+    if snowflake.host:
+        params.update(host=snowflake.host, port=snowflake.port, protocol=snowflake.protocol)
     return params
 
 
-def connect(env: Mapping[str, str] | None = None) -> Any:
-    """Open a connection (the connector is imported here: callers that never need it don't pay)."""
+def connect(account: SnowflakeSettings | None = None) -> Any:
+    """Open a connection to ``account`` (default: the configured one); the connector is imported here, so
+    callers that never need it don't pay."""
     import snowflake.connector
 
-    return snowflake.connector.connect(**connect_params(env))
+    return snowflake.connector.connect(**connect_params(account or get_settings().snowflake))

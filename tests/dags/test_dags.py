@@ -43,6 +43,33 @@ def test_dags_are_thin_and_do_not_backfill(airflow_db: Path) -> None:
         assert dag.doc_md
 
 
+def test_parsing_the_dags_imports_nothing_heavy(airflow_db: Path) -> None:
+    """The DAG processor parses these files over and over: no warehouse client, dbt or storage client."""
+    import os
+    import subprocess
+
+    heavy = ["dbt", "duckdb", "snowflake", "google.cloud.storage", "gcsfs", "pyarrow", "psycopg"]
+    script = (
+        "import runpy, sys\n"
+        f"for path in {sorted(str(p) for p in DAGS_FOLDER.glob('*.py'))!r}:\n"
+        "    runpy.run_path(path)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=os.environ.copy(), capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_dags_choose_no_target() -> None:
+    """Which warehouse a task writes is the settings' (dbt.target), asked of the warehouse module."""
+    for path in DAGS_FOLDER.glob("*.py"):
+        source = path.read_text()
+        assert "os.environ" not in source, path.name
+        assert '"snowflake"' not in source and '"local"' not in source, path.name
+
+
 def test_dbt_dag_interval_comes_from_the_settings(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from omnistream.settings import get_settings
 
@@ -98,10 +125,10 @@ def local_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("OMNISTREAM_DBT__LANDING_ROOT", str(tmp_path / "landing"))
     monkeypatch.setenv("OMNISTREAM_DBT__HISTORY_ROOT", str(history.root))
     monkeypatch.setenv("OMNISTREAM_HISTORY__ROOT", str(history.root))
-    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    monkeypatch.setenv("OMNISTREAM_DBT__TARGET_PATH", str(tmp_path / "target"))
     from omnistream.settings import get_settings
 
-    get_settings.cache_clear()  # the tasks read history.root from the process-wide settings
+    get_settings.cache_clear()  # the tasks read the dbt and history settings from the process-wide ones
     yield tmp_path
     get_settings.cache_clear()
     shutil.rmtree(tmp_path / "target", ignore_errors=True)
