@@ -6,7 +6,7 @@ and proportional: RSS counts shared libraries once per process, PSS shares them 
 what the set costs the machine), and for each of email-producer, sink, greenmail and connect the seconds
 from `kill -9` until it serves again. Downloads are shared with the default state directory.
 
-    .venv/bin/python bench/bench_always_on.py [--port-offset 800]
+    PYTHONPATH=. .venv/bin/python bench/bench_always_on.py [--port-offset 800]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import psutil
 from omnistream.scheduler.client import AirflowClient
 from omnistream.settings import Settings, get_settings
 from omnistream.stack.manager import Stack
-from omnistream.stack.second import as_environment, second_stack_settings
 from omnistream.stack.secrets import ensure_local_secrets
+from tests.support.second_stack import as_environment, second_stack_settings
 
 
 def wait(what: str, check: Callable[[], bool], timeout_s: float = 900.0) -> float:

@@ -1,6 +1,6 @@
 """Benchmark CDC end to end: PostgreSQL commit → Debezium on Kafka Connect → Avro record in Kafka.
 
-    .venv/bin/python bench/bench_cdc.py --orders 1000 --rate 50 --steady-seconds 10
+    PYTHONPATH=. .venv/bin/python bench/bench_cdc.py --orders 1000 --rate 50 --steady-seconds 10
 
 Runs against the local stack (started if needed) in a sandbox of its own: a schema with the shop's
 tables, a publication, a slot and a connector built from connect/onlinedb-postgres.json, all removed
@@ -35,10 +35,10 @@ from psycopg import sql
 
 from omnistream.connect import deploy
 from omnistream.connect.client import ConnectClient
-from omnistream.connect.sandbox import CdcSandbox, cdc_sandbox
 from omnistream.kafka import admin, client_config, registry_client
 from omnistream.settings import Settings, get_settings
 from omnistream.stack.manager import Stack
+from tests.support.cdc_sandbox import CdcSandbox, cdc_sandbox
 
 CHANGES_PER_ORDER = 4
 INSERT_ORDER = (

@@ -4,7 +4,7 @@ Prints: `stack up` from nothing (cluster creation, KRaft format, registry and Co
 again with the data in place (a restart), and the resident memory of every service once up.
 Downloads are shared with the default state directory, so run `omnistream stack install` first.
 
-    .venv/bin/python bench/bench_stack.py [--port-offset 400]
+    PYTHONPATH=. .venv/bin/python bench/bench_stack.py [--port-offset 400]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omnistream.settings import get_settings
 from omnistream.stack.manager import Stack
-from omnistream.stack.second import second_stack_settings
+from tests.support.second_stack import second_stack_settings
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ equal the simulators' ground truth to the cent, that every poison email is in th
 that every landed offset is there exactly once. It prints the figures (and `--json` them) and exits 1 if
 any check failed.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--seed 7] [--port-offset 900] [--json]
+    PYTHONPATH=. .venv/bin/python bench/soak.py [--minutes 10] [--seed 7] [--port-offset 900] [--json]
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from omnistream.scheduler.client import AirflowClient
 from omnistream.settings import Settings, get_settings
 from omnistream.sink.layout import overlapping, parse_file_name
 from omnistream.stack.manager import Stack
-from omnistream.stack.second import as_environment, second_stack_settings
 from omnistream.topics import STORE_ORDERS, dlq
+from tests.support.second_stack import as_environment, second_stack_settings
 
 KILLS = ("sink", "email-producer", "masterdata-producer", "connect", "kafka", "greenmail", "postgres")
 POISON = ("decimal-overflow", "too-large", "negative-price", "malformed-mime")

@@ -7,18 +7,10 @@ log; nothing is skipped.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from omnistream.settings import Settings, get_settings
 from omnistream.stack.manager import Stack
-
-
-@pytest.fixture
-def unique() -> str:
-    """A short unique suffix, so each test's topics, schemas, buckets and mailboxes are its own."""
-    return uuid.uuid4().hex[:10]
 
 
 @pytest.fixture(scope="session")

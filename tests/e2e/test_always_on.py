@@ -11,6 +11,7 @@ cent, every poison email must be in the DLQ with a reason and every landed offse
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,15 +22,23 @@ from omnistream.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-SOAK = Path(__file__).resolve().parents[2] / "bench" / "soak.py"
+ROOT = Path(__file__).resolve().parents[2]
+SOAK = ROOT / "bench" / "soak.py"
 KILLED = ("sink", "email-producer", "masterdata-producer", "connect", "kafka", "greenmail", "postgres")
 POISON = ("decimal-overflow", "too-large", "negative-price", "malformed-mime")
+
+
+def soak_environment() -> dict[str, str]:
+    """This environment with the repository root first on the path: the soak imports ``tests.support``."""
+    path = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def test_the_pipeline_survives_three_minutes_of_chaos_and_reconciles(stack_settings: Settings) -> None:
     # stack_settings: the shared downloads are installed; the soak runs its own second stack beside it.
     run = subprocess.run(
         [sys.executable, str(SOAK), "--minutes", "3", "--seed", "11", "--port-offset", "700", "--json"],
+        env=soak_environment(),
         capture_output=True,
         text=True,
         check=False,

@@ -16,8 +16,8 @@ import pytest
 
 from omnistream.settings import Settings
 from omnistream.stack.manager import Stack
-from omnistream.stack.second import as_environment, second_stack_settings
 from omnistream.topics import PIPELINE_TOPICS
+from tests.support.second_stack import as_environment, second_stack_settings
 
 pytestmark = pytest.mark.integration
 

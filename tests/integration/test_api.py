@@ -35,7 +35,7 @@ from simulators.api import (
     parse_timestamp,
     stop_app,
 )
-from simulators.masterdata import ENTITIES, DriftConfig, MasterData, format_timestamp, write_reference
+from simulators.masterdata import ENTITIES, DriftConfig, MasterData, format_timestamp
 from simulators.reference import build_reference
 
 pytestmark = pytest.mark.integration
@@ -75,20 +75,6 @@ def serving(app: Flask) -> Iterator[Served]:
         thread.join()
         server.server_close()
         stop_app(app)
-
-
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("masterdata-reference")
-    write_reference(path, SEED)
-    return path
-
-
-@pytest.fixture
-def data_dir(reference_dir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "masterdata"
-    shutil.copytree(reference_dir, target)
-    return target
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ from psycopg import sql
 
 from omnistream.connect import deploy
 from omnistream.connect.client import ConnectClient
-from omnistream.connect.sandbox import CdcSandbox, cdc_sandbox
 from omnistream.kafka import admin, client_config, registry_client
 from omnistream.settings import Settings
+from tests.support.cdc_sandbox import CdcSandbox, cdc_sandbox
 
 pytestmark = pytest.mark.integration
 

@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 from omnistream.cli import app
 from omnistream.connect.client import ConnectClient, ConnectorNotFound
 from omnistream.connect.config import CONNECT_DIR, load_dir, render, secrets_path
-from omnistream.connect.sandbox import CdcSandbox, cdc_sandbox
 from omnistream.connect.validation import SNOWFLAKE_SINK
 from omnistream.settings import Settings
 from omnistream.stack.layout import Layout
 from omnistream.stack.manager import Stack
-from omnistream.stack.second import second_stack_settings
+from tests.support.cdc_sandbox import CdcSandbox, cdc_sandbox
+from tests.support.second_stack import second_stack_settings
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_sink_support import AvroProducer, drain, new_topic
+
+from tests.support.sink import AvroProducer, drain, new_topic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dbt"))
 from dbt_fixture_data import SCHEMAS, master_data, store_orders

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException
-from email_support import own_mailbox, own_topics, read_topics, wait_for_mail
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
@@ -35,25 +33,12 @@ from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
 from producers.emails.producer import EmailProducer, EmailTopics, FatalProducerError, ProducerOptions
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
 from simulators.manifest import read_totals
+from tests.support.email import read_topics, wait_for_mail
 
 pytestmark = pytest.mark.integration
 
 
 # -- fixtures and helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def mailbox(stack_settings: Settings, unique: str) -> Iterator[MailSettings]:
-    """Mail settings for a fresh mailbox of this test's own."""
-    with own_mailbox(stack_settings, f"producer-{unique}") as mail:
-        yield mail
-
-
-@pytest.fixture
-def topics(stack_settings: Settings, unique: str) -> Iterator[EmailTopics]:
-    """This test's own orders, dead-letter and checkpoint topics; removed with their subjects afterwards."""
-    with own_topics(stack_settings, unique) as names:
-        yield names
 
 
 def new_producer(

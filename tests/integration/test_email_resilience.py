@@ -7,7 +7,7 @@ supervisord runs it, a process of its own) must still be running and produce mai
 Then: a record the broker refuses although it passed the size check, the archive folder (after commit,
 and after a stop between commit and move), and a folder renumbered under a following producer.
 
-Each test has its own mailbox, folders, topics, subjects and transactional.id (see email_support).
+Each test has its own mailbox, folders, topics, subjects and transactional.id (see tests.support.email).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -26,19 +26,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
-from email_support import (
-    CRLF,
-    FollowingProducer,
-    append,
-    imap_session,
-    message_ids,
-    own_mailbox,
-    own_topics,
-    producer_command,
-    producer_env,
-    read_topics,
-    wait_for_mail,
-)
 
 from omnistream.kafka import TopicSpec, ensure_topics
 from omnistream.settings import MailSettings, Settings
@@ -49,24 +36,23 @@ from simulators.email_plan import EmailPlanner, PlannedEmail, PurchaseLine, Stor
 from simulators.email_sender import EmailsConfig, send_emails
 from simulators.emails import build_message, new_message_id, render_text
 from simulators.reference import build_reference
+from tests.support.email import (
+    CRLF,
+    FollowingProducer,
+    append,
+    imap_session,
+    message_ids,
+    producer_command,
+    producer_env,
+    read_topics,
+    wait_for_mail,
+)
 
 pytestmark = pytest.mark.integration
 
 D = Decimal
 SEED = 51
 GERMAN_STORE = next(s for s in build_reference(SEED).stores if s.locale == "de_DE")
-
-
-@pytest.fixture
-def mailbox(stack_settings: Settings, unique: str) -> Iterator[MailSettings]:
-    with own_mailbox(stack_settings, f"resilience-{unique}") as mail:
-        yield mail
-
-
-@pytest.fixture
-def topics(stack_settings: Settings, unique: str) -> Iterator[EmailTopics]:
-    with own_topics(stack_settings, unique) as names:
-        yield names
 
 
 # -- emails ----------------------------------------------------------------------------------------------

@@ -11,9 +11,7 @@ import json
 import re
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,16 +21,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 from imapclient import IMAPClient
-from outage_relay import OutageRelay
-from pydantic import SecretStr
-from simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 from typer.testing import CliRunner
 
 from omnistream.reconcile import journal_paths, read_journal, source_truth
-from omnistream.settings import MailSettings, Settings, get_settings
+from omnistream.settings import MailSettings, get_settings
 from simulators.cli import simulate_app
 from simulators.email_plan import ANOMALY_KINDS
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, highest_numbers, send_emails
@@ -40,32 +34,13 @@ from simulators.manifest import read_totals
 from simulators.reference import build_reference, money
 from simulators.runs import EarlierRuns
 from simulators.store_money import parse_money
+from tests.support.outage_relay import OutageRelay
+from tests.support.simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 
 pytestmark = pytest.mark.integration
 
 SERVER_HEADERS = {"Received", "Return-Path"}  # added by the mail server, not by the store
 STORE_HEADERS = {"Content-Type", "MIME-Version", "From", "To", "Subject", "Date", "Message-ID"}
-
-
-@pytest.fixture
-def mailbox(stack_settings: Settings, unique: str) -> Iterator[MailSettings]:
-    """Mail settings for a fresh mailbox of this test's own."""
-    mail = stack_settings.mail.model_copy(
-        update={"mailbox_user": f"test-{unique}", "mailbox_password": SecretStr(uuid.uuid4().hex)}
-    )
-    api = f"http://{mail.host}:{mail.api_port}/api/user"
-    user = {
-        "email": mail.mailbox_address,
-        "login": mail.mailbox_user,
-        "password": mail.mailbox_password.get_secret_value(),
-    }
-    httpx.post(api, json=user, timeout=10).raise_for_status()
-    yield mail
-    # GreenMail 2.1.8 answers 500 when it deletes a user whose mailbox was opened over IMAP, though the user
-    # and its mail are gone; the list of users is the truth.
-    httpx.delete(f"{api}/{mail.mailbox_user}", timeout=10)
-    users = httpx.get(api, timeout=10).raise_for_status().json()
-    assert mail.mailbox_user not in {u["login"] for u in users}
 
 
 def fetch_all(mail: MailSettings, expected: int, deadline_s: float = 60.0) -> list[EmailMessage]:

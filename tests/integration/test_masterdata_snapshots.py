@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,7 +42,6 @@ from simulators.masterdata import (
     DriftConfig,
     MasterData,
     read_table,
-    write_reference,
     write_table,
 )
 
@@ -102,36 +100,10 @@ def serving(data_dir: Path, faults: FaultConfig | None = None) -> Iterator[Serve
         stop_app(app)
 
 
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("masterdata-reference")
-    write_reference(path, SEED)
-    return path
-
-
-@pytest.fixture
-def data_dir(reference_dir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "masterdata"
-    shutil.copytree(reference_dir, target)
-    return target
-
-
 @pytest.fixture
 def api(data_dir: Path) -> Iterator[Served]:
     with serving(data_dir) as served:
         yield served
-
-
-@pytest.fixture
-def prefix(stack_settings: Settings, unique: str) -> Iterator[str]:
-    """This test's topic prefix; its topics are deleted afterwards."""
-    name = f"test.{unique}."
-    yield name
-    client = admin(stack_settings)
-    mine = [t for t in client.list_topics(timeout=30).topics if t.startswith(name)]
-    if mine:
-        for future in client.delete_topics(mine, operation_timeout=30).values():
-            future.result(timeout=60)
 
 
 def snapshot(

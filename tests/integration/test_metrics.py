@@ -16,22 +16,17 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
-from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import SecretStr
-from test_email_producer import read_topics, wait_for_mail
 from test_masterdata_snapshots import TOKEN, read_topic, serving
-from test_sink_support import AvroProducer, dead_letters, landed, new_topic, order, poll_until, sink_process
 
-from omnistream.kafka import admin, producer_config, registry_client
+from omnistream.kafka import producer_config
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.producer import EmailTopics
@@ -39,6 +34,8 @@ from producers.masterdata.entities import topic_names
 from simulators.api import FaultConfig, FaultInjector, api_state
 from simulators.email_sender import EmailsConfig, send_emails
 from simulators.masterdata import PRODUCTS, DriftConfig, read_table, write_reference, write_table
+from tests.support.email import read_topics, wait_for_mail
+from tests.support.sink import AvroProducer, dead_letters, landed, new_topic, order, poll_until, sink_process
 
 pytestmark = pytest.mark.integration
 
@@ -207,48 +204,15 @@ def test_the_sink_counts_what_it_consumed_landed_and_dead_lettered(
 # -- the email producer ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mailbox(stack_settings: Settings, unique: str) -> Iterator[MailSettings]:
-    """A fresh GreenMail mailbox of this test's own."""
-    mail = stack_settings.mail.model_copy(
-        update={"mailbox_user": f"metrics-{unique}", "mailbox_password": SecretStr(uuid.uuid4().hex)}
-    )
-    api = f"http://{mail.host}:{mail.api_port}/api/user"
-    user = {
-        "email": mail.mailbox_address,
-        "login": mail.mailbox_user,
-        "password": mail.mailbox_password.get_secret_value(),
-    }
-    httpx.post(api, json=user, timeout=10).raise_for_status()
-    yield mail
-    httpx.delete(f"{api}/{mail.mailbox_user}", timeout=10)  # may answer 500 after IMAP use; it is gone
-
-
-@pytest.fixture
-def email_topics(stack_settings: Settings, unique: str) -> Iterator[EmailTopics]:
-    names = EmailTopics.for_orders(f"metricstest.{unique}.order_confirmations", f"metricstest.{unique}.ckpt")
-    yield names
-    all_topics = [names.orders, names.dead_letters, names.checkpoints]
-    client = AdminClient({"bootstrap.servers": stack_settings.kafka.bootstrap_servers})
-    for future in client.delete_topics(all_topics, operation_timeout=30).values():
-        with contextlib.suppress(KafkaException):
-            future.result(timeout=60)
-    registry = registry_client(stack_settings)
-    for topic in all_topics:
-        for permanent in (False, True):
-            with contextlib.suppress(Exception):
-                registry.delete_subject(f"{topic}-value", permanent=permanent)
-
-
 def test_the_email_producer_counts_emails_orders_dead_letters_transactions_and_backlog(
-    stack_settings: Settings, mailbox: MailSettings, email_topics: EmailTopics, unique: str, tmp_path: Path
+    stack_settings: Settings, mailbox: MailSettings, topics: EmailTopics, unique: str, tmp_path: Path
 ) -> None:
     count, batch = 40, 10
     facts = send_emails(mailbox, EmailsConfig(seed=41, rate=0, count=count, anomaly_share=0.3)).finish().facts
     malformed = facts["malformed_count"]
     assert 0 < malformed < count
     wait_for_mail(mailbox, count)
-    orders = email_topics.orders
+    orders = topics.orders
     env = {
         "OMNISTREAM_MAIL__MAILBOX_USER": mailbox.mailbox_user,
         "OMNISTREAM_MAIL__MAILBOX_PASSWORD": mailbox.mailbox_password.get_secret_value(),
@@ -258,7 +222,7 @@ def test_the_email_producer_counts_emails_orders_dead_letters_transactions_and_b
     started = time.time()
     args = (
         *("produce", "emails", "--follow", "--batch-size", str(batch)),
-        *("--topic", orders, "--checkpoint-topic", email_topics.checkpoints),
+        *("--topic", orders, "--checkpoint-topic", topics.checkpoints),
         *("--transactional-id", f"metricstest-{unique}", "--metrics-port", str(port)),
     )
 
@@ -302,9 +266,9 @@ def test_the_email_producer_counts_emails_orders_dead_letters_transactions_and_b
         assert got("omnistream_last_commit_timestamp_seconds") >= first_commit  # type: ignore[operator]
 
         terminate(producer, log)
-    records = read_topics(stack_settings, [orders, email_topics.dead_letters], decode=False)
+    records = read_topics(stack_settings, [orders, topics.dead_letters], decode=False)
     assert len(records[orders]) == count - malformed + 5
-    assert len(records[email_topics.dead_letters]) == malformed
+    assert len(records[topics.dead_letters]) == malformed
 
 
 # -- the master-data producer ---------------------------------------------------------------------------
@@ -333,17 +297,6 @@ def masterdata_dir(tmp_path: Path) -> Path:
     rows["SKU-00007"]["unit_price"] = Decimal("12.345")
     write_table(path / PRODUCTS.file_name, PRODUCTS, rows)
     return path
-
-
-@pytest.fixture
-def prefix(stack_settings: Settings, unique: str) -> Iterator[str]:
-    name = f"metricstest.{unique}."
-    yield name
-    client = admin(stack_settings)
-    mine = [t for t in client.list_topics(timeout=30).topics if t.startswith(name)]
-    if mine:
-        for future in client.delete_topics(mine, operation_timeout=30).values():
-            future.result(timeout=60)
 
 
 def test_the_masterdata_producer_counts_items_records_dead_letters_retries_and_tombstones(

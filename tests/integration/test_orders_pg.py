@@ -15,9 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from outage_relay import OutageRelay
 from psycopg import errors, sql
-from simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 from typer.testing import CliRunner
 
 from omnistream.reconcile import journal_paths, read_journal, source_truth
@@ -28,6 +26,8 @@ from simulators.order_plan import LEGAL_TRANSITIONS, STATUSES, NewOrder, OrderPl
 from simulators.orders import MANIFEST_NAME, OrdersConfig, ShopSession, run_orders
 from simulators.reference import ONLINE_TAX_RATE
 from simulators.shop_db import ensure_shop_schema, insert_order, use_schema
+from tests.support.outage_relay import OutageRelay
+from tests.support.simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 
 pytestmark = pytest.mark.integration
 

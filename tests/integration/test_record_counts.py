@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, Message, Producer, TopicPartition
-from test_sink_support import new_topic, read_topic
 from typer.testing import CliRunner
 
 from omnistream.cli import app
@@ -28,6 +27,7 @@ from omnistream.inspect.records import (
 )
 from omnistream.kafka import admin, producer_config
 from omnistream.settings import Settings
+from tests.support.sink import new_topic, read_topic
 
 pytestmark = pytest.mark.integration
 

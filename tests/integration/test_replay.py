@@ -16,7 +16,20 @@ from typing import Any
 import pytest
 from confluent_kafka.schema_registry import Schema
 from fastavro import parse_schema, schemaless_writer
-from test_sink_support import (
+from typer.testing import CliRunner, Result
+
+from omnistream.cli import app
+from omnistream.inspect.offsets import committed_offsets
+from omnistream.kafka import admin, registry_client
+from omnistream.replay.dead_letters import default_group
+from omnistream.settings import Settings
+from omnistream.sink.batch import RejectedRecord
+from omnistream.sink.consumer import LandingSink
+from omnistream.sink.dlq import ATTEMPTS_HEADER, DeadLetterSender, dead_letter
+from omnistream.sink.layout import LandedFile
+from omnistream.sink.store import LocalStore
+from omnistream.topics import dlq
+from tests.support.sink import (
     BASE_TIME,
     ORDER_V1,
     ORDER_V2,
@@ -32,19 +45,6 @@ from test_sink_support import (
     read_topic,
     sink_config,
 )
-from typer.testing import CliRunner, Result
-
-from omnistream.cli import app
-from omnistream.inspect.offsets import committed_offsets
-from omnistream.kafka import admin, registry_client
-from omnistream.replay.dead_letters import default_group
-from omnistream.settings import Settings
-from omnistream.sink.batch import RejectedRecord
-from omnistream.sink.consumer import LandingSink
-from omnistream.sink.dlq import ATTEMPTS_HEADER, DeadLetterSender, dead_letter
-from omnistream.sink.layout import LandedFile
-from omnistream.sink.store import LocalStore
-from omnistream.topics import dlq
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from test_sink_support import (
+from typer.testing import CliRunner
+
+from omnistream.cli import app
+from omnistream.inspect.offsets import committed_offsets, partition_offsets
+from omnistream.kafka import admin
+from omnistream.settings import Settings
+from omnistream.sink.consumer import FILE_METADATA_KEY, LandingSink
+from omnistream.sink.lag import sink_status
+from omnistream.sink.layout import LandedFile, temp_name
+from omnistream.sink.store import GcsStore, open_store
+from simulators.gcs import ensure_bucket, storage_client
+from tests.support.sink import (
     ORDER_V1,
     ORDER_V2,
     AvroProducer,
@@ -28,17 +39,6 @@ from test_sink_support import (
     read_topic,
     sink_config,
 )
-from typer.testing import CliRunner
-
-from omnistream.cli import app
-from omnistream.inspect.offsets import committed_offsets, partition_offsets
-from omnistream.kafka import admin
-from omnistream.settings import Settings
-from omnistream.sink.consumer import FILE_METADATA_KEY, LandingSink
-from omnistream.sink.lag import sink_status
-from omnistream.sink.layout import LandedFile, temp_name
-from omnistream.sink.store import GcsStore, open_store
-from simulators.gcs import ensure_bucket, storage_client
 
 pytestmark = pytest.mark.integration
 

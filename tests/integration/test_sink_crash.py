@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_sink_support import LoadProducer, assert_exactly_once, new_topic, sink_process
 
 from omnistream.settings import Settings
+from tests.support.sink import LoadProducer, assert_exactly_once, new_topic, sink_process
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_sink_support import (
+
+from omnistream.settings import Settings
+from tests.support.sink import (
     LoadProducer,
     SinkThread,
     assert_exactly_once,
@@ -15,8 +17,6 @@ from test_sink_support import (
     poll_until,
     sink_config,
 )
-
-from omnistream.settings import Settings
 
 pytestmark = pytest.mark.integration
 

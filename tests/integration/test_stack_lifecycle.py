@@ -14,8 +14,8 @@ import pytest
 from omnistream.settings import Settings
 from omnistream.stack.layout import Layout
 from omnistream.stack.manager import ServiceFailed, Stack
-from omnistream.stack.second import second_stack_settings
 from omnistream.stack.services import SERVICE_NAMES
+from tests.support.second_stack import second_stack_settings
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from waiting import wait_for
 
 from omnistream.settings import Settings
 from omnistream.stack.layout import Layout
@@ -19,6 +18,7 @@ from omnistream.supervise.control import Supervisor
 from omnistream.supervise.events import read_history
 from omnistream.supervise.programs import Program
 from omnistream.supervise.watchdog import Watchdog, read_restarts
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture

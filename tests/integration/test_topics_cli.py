@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from test_sink_support import AvroProducer, new_topic, order, read_topic
 from typer.testing import CliRunner
 
 from omnistream.cli import app
 from omnistream.kafka import admin
 from omnistream.settings import Settings
+from tests.support.sink import AvroProducer, new_topic, order, read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from waiting import wait_for
 
 from omnistream.connect import deploy
 from omnistream.connect.client import ConnectClient, ConnectorNotFound
-from omnistream.connect.sandbox import cdc_sandbox
 from omnistream.settings import Settings
 from omnistream.supervise.watchdog import Watchdog, read_restarts
+from tests.support.cdc_sandbox import cdc_sandbox
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -57,6 +57,12 @@ def own_mailbox(settings: Settings, user: str) -> Iterator[MailSettings]:
         httpx.delete(f"{api}/{mail.mailbox_user}", timeout=10)
 
 
+def mailbox_logins(mail: MailSettings) -> set[str]:
+    """The logins of GreenMail's users: the truth about a mailbox whose delete answered 500."""
+    users = httpx.get(f"http://{mail.host}:{mail.api_port}/api/user", timeout=10).raise_for_status().json()
+    return {user["login"] for user in users}
+
+
 @contextlib.contextmanager
 def own_topics(settings: Settings, unique: str) -> Iterator[EmailTopics]:
     """Orders, dead-letter and checkpoint topics of the test's own; removed with their subjects afterwards."""

@@ -1,0 +1,1 @@
+"""omnistream's tests: a package, so that every layer imports the shared helpers as ``tests.support``."""
