@@ -78,7 +78,7 @@ def simulate_history(
     """Write ten years of order lines as Parquet (year/month partitions) and upload them idempotently."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from simulators.gcs import ensure_bucket, storage_client, upload_tree
+    from omnistream.gcs import ensure_bucket, storage_client, upload_tree
     from simulators.history import generate_history
 
     end = end_date.date() if end_date else datetime.now(UTC).date()
@@ -155,7 +155,7 @@ def simulate_orders_command(
     if schema_only:
         import psycopg
 
-        from simulators.shop_db import ensure_shop_schema
+        from omnistream.shop_schema import ensure_shop_schema
 
         with psycopg.connect(get_settings().postgres.app_dsn()) as conn:
             ensure_shop_schema(conn, schema=schema)

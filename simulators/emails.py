@@ -36,8 +36,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import format_datetime, formataddr
 
+from omnistream.money import format_money, format_percent
 from simulators.email_plan import PlannedEmail, PurchaseLine, StorePurchase
-from simulators.store_money import format_money, format_percent
 
 WALK_IN = "walk-in"
 COLUMNS = ("SKU", "Item", "Qty", "Unit price", "Line total")

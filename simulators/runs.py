@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from omnistream.reconcile import JOURNAL_DIR, MANIFEST_NAME, journal_paths, read_journal
+from omnistream.manifest import JOURNAL_DIR, MANIFEST_NAME, journal_paths, read_journal
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import time
 import psycopg
 
 from omnistream.settings import Settings
-from simulators.shop_db import ensure_shop_schema
+from omnistream.shop_schema import ensure_shop_schema
 
 log = logging.getLogger(__name__)
 

@@ -33,12 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from omnistream import topics
+from omnistream.manifest import Manifest, read_totals
 from omnistream.sink.arrow import METADATA_COLUMN, arrow_type, metadata_array
 from omnistream.sink.layout import LandedFile
 from omnistream.warehouse.dbt import DbtRun
 from simulators.email_plan import EmailPlanner
 from simulators.history import generate_history
-from simulators.manifest import Manifest, read_totals
 from simulators.order_plan import DeleteOrder, NewOrder, OrderPlanner, StatusChange
 from simulators.reference import build_reference
 

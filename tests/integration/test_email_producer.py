@@ -29,12 +29,12 @@ from email_support import own_mailbox, own_topics, read_topics, wait_for_mail
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
+from omnistream.manifest import read_totals
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
 from producers.emails.producer import EmailProducer, EmailTopics, FatalProducerError, ProducerOptions
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
-from simulators.manifest import read_totals
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from omnistream.money import FORMATS, format_money, format_percent, parse_money
 from omnistream.reconcile import journal_paths, read_journal, source_truth
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, parse_email
@@ -37,7 +38,6 @@ from simulators.email_sender import (
 from simulators.emails import GARBLE, build_message, render_html, render_text
 from simulators.reference import build_reference, money
 from simulators.runs import EarlierRuns, RunJournal
-from simulators.store_money import FORMATS, format_money, format_percent, parse_money
 
 D = Decimal
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from omnistream.manifest import Manifest, read_totals
 from omnistream.reconcile import journal_paths, journal_totals, read_journal, source_truth
-from simulators.manifest import Manifest, read_totals
+from omnistream.shop_schema import schema_ddl
 from simulators.order_plan import (
     LEGAL_TRANSITIONS,
     OPERATIONS,
@@ -35,7 +36,6 @@ from simulators.orders import (
 )
 from simulators.reference import ONLINE_TAX_RATE, build_reference, money
 from simulators.runs import EarlierRuns, RunJournal, run_index
-from simulators.shop_db import schema_ddl
 
 
 def plan(seed: int, new_orders: int) -> list[Operation]:
