@@ -32,6 +32,7 @@ from typing import Any
 
 import typer
 
+from omnistream.errors import OmnistreamError
 from omnistream.manifest import (
     JOURNAL_DIR,
     MANIFEST_NAME,
@@ -236,7 +237,7 @@ def read_daily_sales(duckdb_path: Path) -> dict[Key, Figures]:
     return {(c, s, d): (int(n), Decimal(g).quantize(CENT)) for c, s, d, n, g in rows}
 
 
-class ReconcileError(RuntimeError):
+class ReconcileError(OmnistreamError):
     """Reconciliation could not run (no warehouse, no marts); the message says what to do."""
 
 

@@ -46,6 +46,7 @@ from zoneinfo import ZoneInfo
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from omnistream.errors import Unreachable
 from omnistream.manifest import Manifest, journal_paths, read_journal, truth_change
 from omnistream.settings import MailSettings
 from simulators.email_plan import (
@@ -92,7 +93,7 @@ class EmailsConfig:
         return round(self.rate * self.duration)
 
 
-class SmtpUnavailable(ConnectionError):
+class SmtpUnavailable(Unreachable):
     """The mail server cannot be reached, or dropped the session."""
 
 

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import psycopg
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from omnistream.errors import Unreachable
 from omnistream.manifest import Manifest, journal_paths, read_journal, truth_change
 from omnistream.shop_schema import SHOP_SCHEMA, ensure_shop_schema, use_schema
 from simulators.order_plan import (
@@ -100,7 +101,7 @@ class OrdersConfig:
         return round(self.rate * self.duration)
 
 
-class ShopUnavailable(ConnectionError):
+class ShopUnavailable(Unreachable):
     """The shop database cannot be reached (refused, dropped, shutting down, starting up)."""
 
 

@@ -12,6 +12,7 @@ import psycopg
 
 # Still importable from here only for omnistream/connect/sandbox.py, which leaves the runtime package for
 # tests/support; once it imports omnistream.shop_schema, this line goes.
+from omnistream.errors import OmnistreamError
 from omnistream.shop_schema import ensure_shop_schema as ensure_shop_schema
 from simulators.order_plan import NewOrder
 
@@ -36,7 +37,7 @@ DELETE_ORDER = "delete from orders where order_id = %s returning now(), pg_curre
 TRANSACTION_STATUS = "select pg_xact_status(%s::xid8)"
 
 
-class ShopWriteError(RuntimeError):
+class ShopWriteError(OmnistreamError):
     """The database did not hold the order in the state the simulator planned for."""
 
 

@@ -11,6 +11,7 @@ import time
 
 import psycopg
 
+from omnistream.errors import OmnistreamError
 from omnistream.settings import Settings
 from omnistream.shop_schema import ensure_shop_schema
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
 
-class SlotBusy(RuntimeError):
+class SlotBusy(OmnistreamError):
     """The slot is still in use by a replication connection."""
 
 
