@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from omnistream.gcs import ensure_bucket, storage_client, upload_tree
 from omnistream.settings import GcsSettings, get_settings
-from simulators.gcs import ensure_bucket, storage_client, upload_tree
 from simulators.history import generate_history
 from simulators.reference import build_reference
 

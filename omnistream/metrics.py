@@ -28,6 +28,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from omnistream.errors import OmnistreamError
 from omnistream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ COMMITTED = "committed"
 ABORTED = "aborted"
 
 
-class MetricsEndpointError(RuntimeError):
+class MetricsEndpointError(OmnistreamError):
     """The metrics endpoint cannot be served (most often: its port is taken); the message says what to set."""
 
 

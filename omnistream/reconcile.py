@@ -2,7 +2,7 @@
 
 The ground truth lives under ``<state>/simulators/<source>/``, in two forms:
 
-- ``manifest.json``: totals per (channel, store_id, UTC day), money as strings (simulators/manifest.py).
+- ``manifest.json``: totals per (channel, store_id, UTC day), money as strings (omnistream/manifest.py).
 - ``runs/<run-id>.jsonl``: one journal per run of a simulator that may run forever (simulators/runs.py),
   a JSON object per line, appended after each operation the server committed or accepted. A line that
   changes the truth carries ``"truth": {"channel", "store_id", "day", "orders", "lines", "net", "tax"}``,
@@ -32,13 +32,23 @@ from typing import Any
 
 import typer
 
+from omnistream.errors import OmnistreamError
+from omnistream.manifest import (
+    JOURNAL_DIR,
+    MANIFEST_NAME,
+    Key,
+    Totals,
+    journal_paths,
+    manifest_totals,
+    read_journal,
+    sort_key,
+    truth_of,
+)
 from omnistream.settings import Settings, get_settings
 from omnistream.warehouse.dbt import default_duckdb_path
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.json"
-JOURNAL_DIR = "runs"
 REPORT_NAME = "reconciliation.json"
 MISMATCHES_KEPT = 50
 CENT = Decimal("0.01")
@@ -46,74 +56,8 @@ CENT = Decimal("0.01")
 # reconciling while dbt builds waits for the build (with a limit), rather than failing at once.
 LOCKED_WAIT_S = 120.0
 
-Key = tuple[str, str | None, str]  # channel, store_id (None online), ISO day
-
-
-def sort_key(key: Key) -> tuple[str, str, str]:
-    return key[0], key[1] or "", key[2]
-
-
-@dataclass
-class Totals:
-    orders: int = 0
-    lines: int = 0
-    net: Decimal = Decimal("0.00")
-    tax: Decimal = Decimal("0.00")
-
-    @property
-    def gross(self) -> Decimal:
-        return self.net + self.tax
-
-    def add(self, other: Totals) -> None:
-        self.orders += other.orders
-        self.lines += other.lines
-        self.net += other.net
-        self.tax += other.tax
-
 
 # --- reading the ground truth ---------------------------------------------------------------------------
-
-
-def journal_paths(out: Path) -> list[Path]:
-    """The journals of a simulator's out dir, in run order (their names start with the run index)."""
-    runs = out / JOURNAL_DIR
-    return sorted(runs.glob("*.jsonl")) if runs.is_dir() else []
-
-
-def read_journal(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a journal.
-
-    The last line may be torn: the process was killed (or the machine stopped) in the middle of writing it,
-    or it is being written right now. A torn line is not a record, so it is left out. Since every record is
-    one JSON object on one line, a prefix of one never parses, and a last line that does parse is complete
-    even if its newline is missing. A line that does not parse anywhere else means the file was damaged;
-    that is an error, not something to skip.
-    """
-    lines = path.read_bytes().split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()  # the empty remainder after the final newline
-    records: list[dict[str, Any]] = []
-    for number, raw in enumerate(lines, start=1):
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            if number == len(lines):
-                log.warning("%s: ignoring a torn last line (%d bytes)", path, len(raw))
-                break
-            raise ValueError(f"{path}:{number} is not a JSON line; the journal is damaged") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number} is not a JSON object; the journal is damaged")
-        records.append(record)
-    return records
-
-
-def truth_of(record: dict[str, Any]) -> tuple[Key, Totals] | None:
-    """The (signed) change a journal record makes to the truth, if it makes one."""
-    truth = record.get("truth")
-    if not truth:
-        return None
-    key = (truth["channel"], truth["store_id"], truth["day"])
-    return key, Totals(truth["orders"], truth["lines"], Decimal(truth["net"]), Decimal(truth["tax"]))
 
 
 def journal_totals(records: Iterable[dict[str, Any]]) -> dict[Key, Totals]:
@@ -136,16 +80,6 @@ def in_doubt(records: Iterable[dict[str, Any]]) -> int:
         elif record.get("type") in ("email", "unsent"):
             reserved.discard(record["seq"])
     return len(reserved)
-
-
-def manifest_totals(data: dict[str, Any]) -> dict[Key, Totals]:
-    """A manifest's totals keyed by (channel, store_id, day), money as Decimal."""
-    return {
-        (row["channel"], row["store_id"], row["day"]): Totals(
-            row["orders"], row["lines"], Decimal(row["net"]), Decimal(row["tax"])
-        )
-        for row in data["totals"]
-    }
 
 
 @dataclass
@@ -303,7 +237,7 @@ def read_daily_sales(duckdb_path: Path) -> dict[Key, Figures]:
     return {(c, s, d): (int(n), Decimal(g).quantize(CENT)) for c, s, d, n, g in rows}
 
 
-class ReconcileError(RuntimeError):
+class ReconcileError(OmnistreamError):
     """Reconciliation could not run (no warehouse, no marts); the message says what to do."""
 
 

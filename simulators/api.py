@@ -37,6 +37,7 @@ from flask import Flask, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.serving import make_server
 
+from omnistream.errors import UsageError
 from simulators.masterdata import (
     ENTITIES,
     DriftConfig,
@@ -67,7 +68,7 @@ _TIMESTAMP = re.compile(
 )
 
 
-class BadParameter(ValueError):
+class BadParameter(UsageError, ValueError):
     """A query parameter the API cannot use; answered with a 400 problem naming the parameter."""
 
     def __init__(self, parameter: str, detail: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from omnistream.errors import Unreachable
 from omnistream.settings import get_settings
 
 simulate_app = typer.Typer(
@@ -78,7 +79,7 @@ def simulate_history(
     """Write ten years of order lines as Parquet (year/month partitions) and upload them idempotently."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from simulators.gcs import ensure_bucket, storage_client, upload_tree
+    from omnistream.gcs import ensure_bucket, storage_client, upload_tree
     from simulators.history import generate_history
 
     end = end_date.date() if end_date else datetime.now(UTC).date()
@@ -120,15 +121,11 @@ def _check_bounded(rate: float, count: int | None) -> None:
 
 
 def _run_simulator(run: Callable[[], Path]) -> None:
-    """Run a journalled simulator; say what to fix if it cannot start or its server stays away."""
+    """Run a journalled simulator; if its server stays away, say that the journal is still the truth."""
     try:
         path = run()
-    except RuntimeError as exc:  # another run holds the out dir, or the out dir is another target's
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except ConnectionError as exc:  # the server stayed unreachable past the retries
-        typer.echo(f"error: {exc}; the journal covers everything committed before it", err=True)
-        raise typer.Exit(1) from None
+    except Unreachable as exc:  # the server stayed unreachable past the retries
+        raise Unreachable(f"{exc}; the journal covers everything committed before it") from exc
     typer.echo(f"manifest {path}")
 
 
@@ -137,7 +134,9 @@ def simulate_orders_command(
     seed: int = typer.Option(
         42, "--seed", help="Same seed, same data; the n-th run in an out dir plays seed+n."
     ),
-    rate: float = typer.Option(5.0, "--rate", help="New orders per second; 0 = unthrottled (needs --count)."),
+    rate: float = typer.Option(
+        5.0, "--rate", min=0.0, help="New orders per second; 0 = unthrottled (needs --count)."
+    ),
     duration: float = typer.Option(
         60.0, "--duration", min=0.0, help=f"Seconds to write new orders for; {FOREVER}."
     ),
@@ -155,7 +154,7 @@ def simulate_orders_command(
     if schema_only:
         import psycopg
 
-        from simulators.shop_db import ensure_shop_schema
+        from omnistream.shop_schema import ensure_shop_schema
 
         with psycopg.connect(get_settings().postgres.app_dsn()) as conn:
             ensure_shop_schema(conn, schema=schema)
@@ -172,7 +171,9 @@ def simulate_emails_command(
     seed: int = typer.Option(
         42, "--seed", help="Same seed, same data; the n-th run in an out dir plays seed+n."
     ),
-    rate: float = typer.Option(5.0, "--rate", help="Emails per second; 0 = unthrottled (needs --count)."),
+    rate: float = typer.Option(
+        5.0, "--rate", min=0.0, help="Emails per second; 0 = unthrottled (needs --count)."
+    ),
     duration: float = typer.Option(60.0, "--duration", min=0.0, help=f"Seconds to send for; {FOREVER}."),
     count: int | None = typer.Option(None, "--count", min=0, help="Emails (overrides rate x duration)."),
     anomaly_share: float = typer.Option(

@@ -46,7 +46,8 @@ from zoneinfo import ZoneInfo
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from omnistream.reconcile import journal_paths, read_journal
+from omnistream.errors import Unreachable
+from omnistream.manifest import Manifest, journal_paths, read_journal, truth_change
 from omnistream.settings import MailSettings
 from simulators.email_plan import (
     ANOMALY_KINDS,
@@ -57,7 +58,6 @@ from simulators.email_plan import (
     PlannedEmail,
 )
 from simulators.emails import build_message, new_message_id, store_address
-from simulators.manifest import Manifest, truth_change
 from simulators.reference import build_reference
 from simulators.runs import EarlierRuns, RunJournal, Stopping, StopSignal
 
@@ -93,7 +93,7 @@ class EmailsConfig:
         return round(self.rate * self.duration)
 
 
-class SmtpUnavailable(ConnectionError):
+class SmtpUnavailable(Unreachable):
     """The mail server cannot be reached, or dropped the session."""
 
 

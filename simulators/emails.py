@@ -4,7 +4,7 @@ Each email is ``multipart/alternative``: a plain-text part and an HTML part with
 lives only in the body, as on a real POS email: the headers carry no machine-friendly copy of it (Subject,
 From, Date and Message-ID are the only ones a reader could use, and they are what a mail client shows).
 
-The plain-text body, field by field (amounts in the store's format, see simulators/store_money.py)::
+The plain-text body, field by field (amounts in the store's format, see omnistream/money.py)::
 
     omnistream Berlin
     Order confirmation
@@ -36,8 +36,8 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
 from email.utils import format_datetime, formataddr
 
+from omnistream.money import format_money, format_percent
 from simulators.email_plan import PlannedEmail, PurchaseLine, StorePurchase
-from simulators.store_money import format_money, format_percent
 
 WALK_IN = "walk-in"
 COLUMNS = ("SKU", "Item", "Qty", "Unit price", "Line total")

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from simulators.manifest import CHANNELS, DayTotals, Manifest
+from omnistream.manifest import CHANNELS, DayTotals, Manifest
 from simulators.reference import ONLINE_TAX_RATE, Reference, build_reference
 
 logger = logging.getLogger(__name__)

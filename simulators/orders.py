@@ -42,8 +42,9 @@ from typing import Any, TypeVar
 import psycopg
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from omnistream.reconcile import journal_paths, read_journal
-from simulators.manifest import Manifest, truth_change
+from omnistream.errors import Unreachable
+from omnistream.manifest import Manifest, journal_paths, read_journal, truth_change
+from omnistream.shop_schema import SHOP_SCHEMA, ensure_shop_schema, use_schema
 from simulators.order_plan import (
     OPERATIONS,
     STATUSES,
@@ -55,16 +56,7 @@ from simulators.order_plan import (
 )
 from simulators.reference import build_reference
 from simulators.runs import EarlierRuns, RunJournal, Stopping, StopSignal
-from simulators.shop_db import (
-    SHOP_SCHEMA,
-    ShopWriteError,
-    change_status,
-    delete_order,
-    ensure_shop_schema,
-    insert_order,
-    transaction_status,
-    use_schema,
-)
+from simulators.shop_db import ShopWriteError, change_status, delete_order, insert_order, transaction_status
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +101,7 @@ class OrdersConfig:
         return round(self.rate * self.duration)
 
 
-class ShopUnavailable(ConnectionError):
+class ShopUnavailable(Unreachable):
     """The shop database cannot be reached (refused, dropped, shutting down, starting up)."""
 
 

@@ -40,7 +40,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from omnistream.reconcile import JOURNAL_DIR, MANIFEST_NAME, journal_paths, read_journal
+from omnistream.errors import UsageError
+from omnistream.manifest import JOURNAL_DIR, MANIFEST_NAME, journal_paths, read_journal
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ LEGACY_RUN_ID = "00000-legacy"
 _INDEX = re.compile(r"^(\d+)-")
 
 
+class OutDirInUse(UsageError):
+    """The out dir is another run's: a simulator running now, or earlier runs against another target."""
+
+
+# Not an error: how a wait tells the run loop that a stop was asked for; the loop ends the run cleanly.
 class Stopping(Exception):
     """The run was asked to stop (SIGTERM/SIGINT) while waiting; nothing was left half done."""
 
@@ -129,7 +135,7 @@ class RunJournal:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(lock_fd)
-            raise RuntimeError(
+            raise OutDirInUse(
                 f"another {source} simulator is running with out dir {out}; "
                 "stop it, or give this one an out dir of its own (--out)"
             ) from None
@@ -242,7 +248,7 @@ class EarlierRuns:
         """Refuse to mix runs against different targets in one out dir: their truth would be one sum."""
         for header in self.headers:
             if header.get(field) != value:
-                raise RuntimeError(
+                raise OutDirInUse(
                     f"{out} holds the runs of {what} {header.get(field)!r} (run {header.get('run_id')}); "
                     f"give runs of {what} {value!r} an out dir of their own (--out)"
                 )

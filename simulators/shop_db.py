@@ -1,25 +1,20 @@
-"""The online shop's database: its schema and the statements the web shop runs against it.
+"""The statements the web shop runs against its database (the schema itself: omnistream/shop_schema.py).
 
 The write statements run inside a transaction of the caller's, which decides when it commits.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
+# Still importable from here only for omnistream/connect/sandbox.py, which leaves the runtime package for
+# tests/support; once it imports omnistream.shop_schema, this line goes.
+from omnistream.errors import OmnistreamError
+from omnistream.shop_schema import ensure_shop_schema as ensure_shop_schema
 from simulators.order_plan import NewOrder
-
-log = logging.getLogger(__name__)
-
-SHOP_SCHEMA = "shop"
-# Serialises concurrent schema set-ups (the stack and a simulator starting together).
-_DDL_LOCK_KEY = "omnistream.ensure_shop_schema"
 
 # Each write returns the id of its transaction, so that a commit cut off by a lost connection can be looked
 # up afterwards (``transaction_status``) instead of being guessed at.
@@ -42,37 +37,8 @@ DELETE_ORDER = "delete from orders where order_id = %s returning now(), pg_curre
 TRANSACTION_STATUS = "select pg_xact_status(%s::xid8)"
 
 
-class ShopWriteError(RuntimeError):
+class ShopWriteError(OmnistreamError):
     """The database did not hold the order in the state the simulator planned for."""
-
-
-def schema_ddl() -> str:
-    """The DDL of the shop's tables (simulators/sql/shop_schema.sql)."""
-    return resources.files("simulators").joinpath("sql/shop_schema.sql").read_text(encoding="utf-8")
-
-
-def ensure_shop_schema(conn: psycopg.Connection, schema: str = SHOP_SCHEMA) -> None:
-    """Create ``schema`` if it is missing and its tables, indexes and replica identity; idempotent.
-
-    Runs in one transaction, committed on return unless ``conn`` is already inside one. The schema is
-    created only when missing, so a role that owns an existing schema but may not create schemas in the
-    database (the application role) can run it.
-    """
-    with conn.transaction(), conn.cursor() as cur:
-        cur.execute("select pg_advisory_xact_lock(hashtext(%s))", (_DDL_LOCK_KEY,))
-        cur.execute("select 1 from pg_namespace where nspname = %s", (schema,))
-        if cur.fetchone() is None:
-            log.info("creating schema %s", schema)
-            cur.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
-        cur.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(schema)))
-        cur.execute(schema_ddl().encode())
-    log.info("schema %s is ready", schema)
-
-
-def use_schema(conn: psycopg.Connection, schema: str) -> None:
-    """Point the session's unqualified names at ``schema``."""
-    conn.execute(sql.SQL("set search_path to {}").format(sql.Identifier(schema)))
-    conn.commit()
 
 
 def insert_order(cur: psycopg.Cursor[Any], order: NewOrder) -> tuple[tuple[int, datetime], str]:

@@ -18,14 +18,12 @@ from omnistream.connect.client import ConnectClient, ConnectError, ConnectorStat
 from omnistream.connect.config import (
     CONNECT_DIR,
     OPT_IN,
-    ConfigFileError,
     Resolved,
     load_dir,
     render,
     resolve,
     select,
 )
-from omnistream.connect.postgres import SlotBusy
 from omnistream.settings import get_settings
 
 connect_app = typer.Typer(
@@ -62,12 +60,12 @@ def _progress(name: str, what: str) -> None:
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
-    """Terminal errors become a red message and exit status 1, without a Python traceback."""
+    """PostgreSQL's errors become a red message and exit status 1, without a Python traceback.
+
+    Connect's and the config files' errors are omnistream's own: the CLI group prints those.
+    """
     try:
         yield
-    except (ConnectError, ConfigFileError, SlotBusy) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        raise typer.Exit(1) from None
     except psycopg.Error as exc:  # preparing the captured schema, or dropping a slot
         pg = get_settings().postgres
         console.print(f"[red]error:[/red] PostgreSQL at {pg.host}:{pg.port}: {exc}".strip(), highlight=False)

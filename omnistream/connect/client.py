@@ -20,6 +20,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from omnistream.errors import OmnistreamError, Unreachable
+
 log = logging.getLogger(__name__)
 
 # Validation may open connections to the source or sink (Debezium logs into PostgreSQL, the Snowflake
@@ -32,11 +34,11 @@ RETRY_STATUSES = frozenset({409, 502, 503, 504})
 CONNECTOR_VERSION = "connector.plugin.version"
 
 
-class ConnectError(RuntimeError):
+class ConnectError(OmnistreamError):
     """Connect refused a request or could not be reached; the message says what to fix."""
 
 
-class ConnectUnreachable(ConnectError):
+class ConnectUnreachable(ConnectError, Unreachable):
     """No answer from Connect's REST port."""
 
 

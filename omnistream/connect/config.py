@@ -39,11 +39,12 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from omnistream.errors import OmnistreamError
+from omnistream.resources import connector_configs_dir
 from omnistream.settings import Settings
 from omnistream.stack.layout import Layout
-from omnistream.stack.versions import PROJECT_ROOT
 
-CONNECT_DIR = PROJECT_ROOT / "connect"
+CONNECT_DIR = connector_configs_dir()
 # Applied only when asked for by name (`apply --include snowflake-sink`): the Snowflake sink needs an
 # account, and locally the landing sink takes its place.
 OPT_IN = frozenset({"snowflake-sink"})
@@ -55,7 +56,7 @@ PROVIDER_REFERENCE = re.compile(r"\$\{([^}:]+):[^}]*\}")
 WORKER_REFERENCE = re.compile(r"\$\{([^}]*?):(([^}]*?):)?([^}]*?)\}")
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(OmnistreamError):
     """A connector file is malformed or refers to something that does not exist; the message says which."""
 
 

@@ -11,15 +11,16 @@ import time
 
 import psycopg
 
+from omnistream.errors import OmnistreamError
 from omnistream.settings import Settings
-from simulators.shop_db import ensure_shop_schema
+from omnistream.shop_schema import ensure_shop_schema
 
 log = logging.getLogger(__name__)
 
 POSTGRES_CONNECTOR = "io.debezium.connector.postgresql.PostgresConnector"
 
 
-class SlotBusy(RuntimeError):
+class SlotBusy(OmnistreamError):
     """The slot is still in use by a replication connection."""
 
 

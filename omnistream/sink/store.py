@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from google.api_core.exceptions import NotFound, PreconditionFailed
 from google.cloud import storage
 
+from omnistream.gcs import ensure_bucket, storage_client
 from omnistream.settings import Settings
 from omnistream.sink.layout import (
     LandedFile,
@@ -35,7 +36,6 @@ from omnistream.sink.layout import (
     partition_dir,
     temp_name,
 )
-from simulators.gcs import ensure_bucket, storage_client
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnistream.errors import OmnistreamError
 from omnistream.stack.versions import STACK_DIR, version
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
-class InstallError(RuntimeError):
+class InstallError(OmnistreamError):
     """A server could not be installed; the message says what to do."""
 
 

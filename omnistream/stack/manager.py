@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnistream.errors import OmnistreamError
 from omnistream.settings import SECRETS_FILE, Settings
 from omnistream.stack import process
 from omnistream.stack.install import install_jars, postgres_bin_dir
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-class ServiceFailed(RuntimeError):
+class ServiceFailed(OmnistreamError):
     """A service did not come up; says which, why, and where its log is."""
 
     def __init__(self, service: str, reason: str, logfile: Path) -> None:

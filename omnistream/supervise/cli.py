@@ -37,8 +37,7 @@ def up(
     from omnistream.scheduler.config import AirflowSetupError
     from omnistream.settings import get_settings
     from omnistream.stack.manager import ServiceFailed
-    from omnistream.supervise.control import SupervisorError
-    from omnistream.supervise.pipeline import SOURCES, PipelineError
+    from omnistream.supervise.pipeline import SOURCES
     from omnistream.supervise.pipeline import up as pipeline_up
 
     if sources not in SOURCES:
@@ -49,7 +48,7 @@ def up(
         console.print(f"[red]{failure.service} did not come up:[/red] {failure.reason}", highlight=False)
         console.print(f"log: {failure.logfile}")
         raise typer.Exit(1) from None
-    except (PipelineError, SupervisorError, AirflowSetupError) as exc:
+    except AirflowSetupError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     already = f"; already running: {', '.join(result.already_running)}" if result.already_running else ""

@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
 
+from omnistream.errors import OmnistreamError
 from omnistream.supervise.config import SupervisorPaths
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 RUNNING_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
-class SupervisorError(RuntimeError):
+class SupervisorError(OmnistreamError):
     """supervisord did not start, or refused a request; the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnistream.connect.postgres import wait_until_slots_confirm_wal_end
+from omnistream.errors import OmnistreamError
 from omnistream.settings import Settings, settings_environment
 from omnistream.stack.manager import Stack
 from omnistream.supervise.catalogue import SERVICES, Kind
@@ -32,7 +33,7 @@ Progress = Callable[[str], None]
 SOURCES = ("simulated", "none")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(OmnistreamError):
     """A step of ``up`` or ``down`` failed; the message names it and where to look."""
 
 

@@ -92,7 +92,7 @@ def is_bucket_uri(root: str) -> bool:
 def list_history_files(root: str, gcs: GcsSettings | None = None) -> list[HistoryFile]:
     """The dataset's files under ``root`` (a directory or gs://bucket/prefix), sorted by name."""
     if is_bucket_uri(root):
-        from simulators.gcs import storage_client
+        from omnistream.gcs import storage_client
 
         if gcs is None:
             raise ValueError(f"listing {root} needs the GCS settings")
@@ -105,7 +105,7 @@ def list_history_files(root: str, gcs: GcsSettings | None = None) -> list[Histor
             if blob.name.endswith(".parquet") and Path(blob.name[len(prefix) :]).match(PATTERN)
         ]
     else:
-        from simulators.gcs import file_checksums
+        from omnistream.gcs import file_checksums
 
         base = Path(root)
         files = [
@@ -151,7 +151,7 @@ class FileFetcher:
         if self._gcs is None:
             raise ValueError(f"reading {file.uri} needs the GCS settings")
         if self._client is None:
-            from simulators.gcs import storage_client
+            from omnistream.gcs import storage_client
 
             self._client = storage_client(self._gcs)
             self._tmp = tempfile.TemporaryDirectory(prefix="omnistream-history-")

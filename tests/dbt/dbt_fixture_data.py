@@ -41,6 +41,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from omnistream import topics
 from omnistream.kafka import SCHEMAS_DIR, load_schema
+from omnistream.manifest import Manifest
 from omnistream.reconcile import MANIFEST_NAME, expected_totals, source_truth
 from omnistream.sink.arrow import json_default, to_json
 from omnistream.sink.avro import SchemaCache, schema_id_of
@@ -58,7 +59,6 @@ from simulators.email_plan import EmailPlanner
 from simulators.email_sender import EmailsConfig, EmailsRun
 from simulators.emails import build_message
 from simulators.history import generate_history
-from simulators.manifest import Manifest
 from simulators.masterdata import ENTITIES, public_view, reference_tables
 from simulators.order_plan import DeleteOrder, NewOrder, OrderPlanner, StatusChange
 from simulators.orders import OrdersConfig, OrdersRun, create_record, delete_record, status_record

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from omnistream.gcs import ensure_bucket, storage_client
 from omnistream.scheduler.client import AirflowClient, AirflowUnreachable, DagNotFound, DagRunInfo
 from omnistream.scheduler.config import (
     airflow_commands,
@@ -38,7 +39,6 @@ from omnistream.scheduler.config import (
 )
 from omnistream.settings import Settings
 from omnistream.stack.layout import Layout
-from simulators.gcs import ensure_bucket, storage_client
 
 pytestmark = pytest.mark.integration
 

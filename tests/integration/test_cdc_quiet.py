@@ -39,9 +39,10 @@ from psycopg import sql
 
 from omnistream.kafka import client_config, registry_client
 from omnistream.settings import Settings
+from omnistream.shop_schema import SHOP_SCHEMA, use_schema
 from omnistream.stack.manager import Stack
 from simulators.order_plan import NewOrder, OrderLine
-from simulators.shop_db import SHOP_SCHEMA, insert_order, use_schema
+from simulators.shop_db import insert_order
 from tests.support.second_stack import as_environment, second_stack_settings
 
 pytestmark = pytest.mark.integration

@@ -18,12 +18,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from omnistream.gcs import ensure_bucket, storage_client, upload_tree
+from omnistream.manifest import read_totals
 from omnistream.settings import Settings
 from omnistream.warehouse.dbt import PROJECT_DIR, DbtRun, dbt_env, dbt_executable
 from omnistream.warehouse.lock import lock_path
-from simulators.gcs import ensure_bucket, storage_client, upload_tree
 from simulators.history import HistoryResult, generate_history
-from simulators.manifest import read_totals
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration

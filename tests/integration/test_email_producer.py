@@ -27,12 +27,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
+from omnistream.manifest import read_totals
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
 from producers.emails.producer import EmailProducer, EmailTopics, FatalProducerError, ProducerOptions
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
-from simulators.manifest import read_totals
 from tests.support.email import read_topics, wait_for_mail
 
 pytestmark = pytest.mark.integration

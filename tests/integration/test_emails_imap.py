@@ -25,15 +25,15 @@ import pytest
 from imapclient import IMAPClient
 from typer.testing import CliRunner
 
+from omnistream.manifest import read_totals
+from omnistream.money import parse_money
 from omnistream.reconcile import journal_paths, read_journal, source_truth
 from omnistream.settings import MailSettings, get_settings
 from simulators.cli import simulate_app
 from simulators.email_plan import ANOMALY_KINDS
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, highest_numbers, send_emails
-from simulators.manifest import read_totals
 from simulators.reference import build_reference, money
 from simulators.runs import EarlierRuns
-from simulators.store_money import parse_money
 from tests.support.outage_relay import OutageRelay
 from tests.support.simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 

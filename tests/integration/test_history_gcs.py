@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from omnistream.gcs import ensure_bucket, storage_client, upload_tree, uses_emulator
 from omnistream.settings import Settings
-from simulators.gcs import ensure_bucket, storage_client, upload_tree, uses_emulator
 from simulators.history import generate_history
 
 pytestmark = pytest.mark.integration

@@ -18,14 +18,15 @@ import pytest
 from psycopg import errors, sql
 from typer.testing import CliRunner
 
-from omnistream.reconcile import journal_paths, read_journal, source_truth
+from omnistream.manifest import journal_paths, read_journal, read_totals
+from omnistream.reconcile import source_truth
 from omnistream.settings import Settings, get_settings
+from omnistream.shop_schema import ensure_shop_schema, use_schema
 from simulators.cli import simulate_app
-from simulators.manifest import read_totals
 from simulators.order_plan import LEGAL_TRANSITIONS, STATUSES, NewOrder, OrderPlanner
 from simulators.orders import MANIFEST_NAME, OrdersConfig, ShopSession, run_orders
 from simulators.reference import ONLINE_TAX_RATE
-from simulators.shop_db import ensure_shop_schema, insert_order, use_schema
+from simulators.shop_db import insert_order
 from tests.support.outage_relay import OutageRelay
 from tests.support.simulator_runs import records_by_run, start, stop, wait_for_log, wait_for_records
 

@@ -16,6 +16,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from typer.testing import CliRunner
 
 from omnistream.cli import app
+from omnistream.gcs import ensure_bucket, storage_client
 from omnistream.inspect.offsets import committed_offsets, partition_offsets
 from omnistream.kafka import admin
 from omnistream.settings import Settings
@@ -23,7 +24,6 @@ from omnistream.sink.consumer import FILE_METADATA_KEY, LandingSink
 from omnistream.sink.lag import sink_status
 from omnistream.sink.layout import LandedFile, temp_name
 from omnistream.sink.store import GcsStore, open_store
-from simulators.gcs import ensure_bucket, storage_client
 from tests.support.sink import (
     ORDER_V1,
     ORDER_V2,

@@ -23,7 +23,7 @@ from omnistream.connect.client import ConnectClient, ConnectorNotFound
 from omnistream.connect.config import CONNECT_DIR, ConnectorFile, load_file
 from omnistream.kafka import admin
 from omnistream.settings import Settings
-from simulators.shop_db import ensure_shop_schema
+from omnistream.shop_schema import ensure_shop_schema
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omnistream.reconcile import journal_paths, read_journal
+from omnistream.manifest import journal_paths, read_journal
 from omnistream.stack.versions import PROJECT_ROOT
 
 

@@ -230,8 +230,10 @@ def test_status_and_validation_parsing() -> None:
     assert not validation.ok and validation.errors == {"b": ["bad"]}
 
 
-def test_connect_dir_is_the_repository_folder() -> None:
-    assert CONNECT_DIR.name == "connect" and (CONNECT_DIR / "onlinedb-postgres.json").exists()
+def test_connect_dir_is_the_packaged_repository_folder() -> None:
+    # In a source checkout the package's connector_configs is the repository's connect/ itself.
+    assert CONNECT_DIR.resolve() == Path(__file__).resolve().parents[2] / "connect"
+    assert (CONNECT_DIR / "onlinedb-postgres.json").exists()
 
 
 def test_resolve_fills_worker_references_from_the_environment_files_and_settings(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from omnistream.money import FORMATS, format_money, format_percent, parse_money
 from omnistream.reconcile import journal_paths, read_journal, source_truth
 from producers.emails.model import Provenance
 from producers.emails.parser import ParseError, parse_email
@@ -36,8 +37,7 @@ from simulators.email_sender import (
 )
 from simulators.emails import GARBLE, build_message, render_html, render_text
 from simulators.reference import build_reference, money
-from simulators.runs import EarlierRuns, RunJournal
-from simulators.store_money import FORMATS, format_money, format_percent, parse_money
+from simulators.runs import EarlierRuns, OutDirInUse, RunJournal
 
 D = Decimal
 
@@ -436,7 +436,7 @@ def test_a_manifest_from_before_journals_is_adopted_not_lost_nor_counted_twice(t
     after = source_truth(tmp_path)
     assert not after.manifest_counted  # the journal counts, and only once
     assert after.totals == before.totals
-    with pytest.raises(RuntimeError, match="holds the runs of recipient 'x@y'"):
+    with pytest.raises(OutDirInUse, match="holds the runs of recipient 'x@y'"):
         RunJournal.open_next(
             tmp_path, "emails", check=lambda runs: runs.check_same("recipient", "z@y", "recipient", tmp_path)
         )

@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from omnistream.gcs import file_checksums, object_name, uses_emulator
+from omnistream.manifest import read_totals
 from omnistream.settings import GcsSettings, HistorySettings, Settings
 from omnistream.warehouse.history_load import (
     SnowflakeTarget,
@@ -32,9 +34,7 @@ from omnistream.warehouse.history_load import (
     snowflake_setup_statements,
 )
 from omnistream.warehouse.lock import WarehouseBusy, warehouse_lock
-from simulators.gcs import file_checksums, object_name, uses_emulator
 from simulators.history import SCHEMA, HistoryResult, generate_history, history_window
-from simulators.manifest import read_totals
 from simulators.reference import ONLINE_TAX_RATE, build_reference
 
 SEED = 7

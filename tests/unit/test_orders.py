@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from omnistream.manifest import Manifest, read_totals
 from omnistream.reconcile import journal_paths, journal_totals, read_journal, source_truth
-from simulators.manifest import Manifest, read_totals
+from omnistream.shop_schema import schema_ddl
 from simulators.order_plan import (
     LEGAL_TRANSITIONS,
     OPERATIONS,
@@ -34,8 +35,7 @@ from simulators.orders import (
     status_record,
 )
 from simulators.reference import ONLINE_TAX_RATE, build_reference, money
-from simulators.runs import EarlierRuns, RunJournal, run_index
-from simulators.shop_db import schema_ddl
+from simulators.runs import EarlierRuns, OutDirInUse, RunJournal, run_index
 
 
 def plan(seed: int, new_orders: int) -> list[Operation]:
@@ -235,7 +235,7 @@ def test_each_run_plays_the_next_seed_and_the_out_dir_has_one_run_at_a_time(tmp_
     for _ in range(3):
         with RunJournal.open_next(tmp_path, "orders") as journal:
             indexes.append(journal.index)
-            with pytest.raises(RuntimeError, match="another orders simulator is running"):
+            with pytest.raises(OutDirInUse, match="another orders simulator is running"):
                 RunJournal.open_next(tmp_path, "orders")
     assert indexes == [0, 1, 2]
     assert [run_index(p) for p in journal_paths(tmp_path)] == [0, 1, 2]
@@ -257,7 +257,7 @@ def test_a_run_refuses_an_out_dir_of_another_schema(tmp_path: Path) -> None:
     def other_schema(earlier: EarlierRuns) -> None:
         earlier.check_same("schema", "test_x", "schema", tmp_path)
 
-    with pytest.raises(RuntimeError, match="holds the runs of schema 'shop'"):
+    with pytest.raises(OutDirInUse, match="holds the runs of schema 'shop'"):
         RunJournal.open_next(tmp_path, "orders", check=other_schema)
     assert len(journal_paths(tmp_path)) == 1  # refused before a journal was started
 

@@ -13,9 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from omnistream.manifest import Manifest, Totals, truth_change
 from omnistream.reconcile import (
     ReconcileError,
-    Totals,
     ground_truth,
     last_reconciliation,
     reconcile,
@@ -23,7 +23,6 @@ from omnistream.reconcile import (
 )
 from omnistream.settings import Settings, StackSettings, get_settings
 from omnistream.warehouse.dbt import default_duckdb_path
-from simulators.manifest import Manifest, truth_change
 from simulators.runs import RunJournal
 
 D = Decimal

@@ -1,7 +1,7 @@
 -- The online shop's tables: orders and their lines.
 --
 -- Idempotent: safe to run on every start. Names are unqualified on purpose: `ensure_shop_schema`
--- (simulators/shop_db.py) creates the schema if it is missing and sets `search_path` to it, so the same file
+-- (omnistream/shop_schema.py) creates the schema if it is missing and sets `search_path` to it, so the same file
 -- builds the production schema `shop` and the private schema of an isolated test.
 --
 -- Money is numeric(12,2) end to end, never float. Every amount is also checked here, so a bug in a writer
