@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,10 +45,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from omnistream.kafka import client_config, producer_config, registry_client
+from omnistream.kafka.clients import client_config, producer_config
+from omnistream.kafka.offsets import NoSuchTopic, read_to_end, topic_partitions, watermarks
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import SchemaCache, UndecodableRecord, headers_of
 from omnistream.settings import Settings
-from omnistream.sink.avro import SchemaCache, UndecodableRecord
-from omnistream.sink.batch import build_batch, headers_of
+from omnistream.sink.batch import build_batch
 from omnistream.sink.dlq import (
     ATTEMPTS_ATTRIBUTE,
     ATTEMPTS_HEADER,
@@ -58,11 +59,11 @@ from omnistream.sink.dlq import (
     attempts_in,
     origin_of,
 )
+from omnistream.sink.landing_schemas import LandingSchemas
 from omnistream.topics import dlq
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 3
 GAVE_UP_ATTRIBUTE = "replay_gave_up"
@@ -177,21 +178,17 @@ def replay_dead_letters(
         )
     )
     try:
-        metadata = consumer.list_topics(source, timeout=30).topics.get(source)
-        if metadata is None or metadata.error is not None:
+        try:
+            partitions = topic_partitions(consumer, source)
+        except NoSuchTopic:
             log.info("%s does not exist: nothing dead-lettered", source)
             return report
-        partitions = sorted(metadata.partitions)
         committed = {
             tp.partition: max(tp.offset, 0)
             for tp in consumer.committed([TopicPartition(source, p) for p in partitions], timeout=30)
         }
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(source, p), timeout=30)[1] for p in partitions
-        }
-        cache = SchemaCache(registry_client(settings))
-        # From the beginning: the dead letters before the committed offsets tell which origins are done.
-        consumer.assign([TopicPartition(source, p, OFFSET_BEGINNING) for p in partitions if ends[p] > 0])
+        ends = {p: high for p, (_, high) in watermarks(consumer, source, partitions).items()}
+        cache = LandingSchemas(SchemaCache(registry_client(settings)))
         pending = _read_dead_letters(consumer, source, committed, ends, cache, report)
         if not pending and all(committed[p] >= ends[p] for p in partitions):
             log.info("%s: every dead letter was handled already", source)
@@ -218,7 +215,7 @@ def _read_dead_letters(
     source: str,
     committed: dict[int, int],
     ends: dict[int, int],
-    cache: SchemaCache,
+    cache: LandingSchemas,
     report: DeadLetterReplay,
 ) -> dict[Origin, list[_Letter]]:
     """The dead letters after the committed offsets still to handle, by origin in order of appearance.
@@ -227,10 +224,12 @@ def _read_dead_letters(
     attempt count among them and whether it was given up decide which later ones are duplicates."""
     pending: dict[Origin, list[_Letter]] = {}
     handled: dict[Origin, tuple[int, bool]] = {}
-    for msg in _read_until(consumer, source, ends):
+    # From the beginning: the dead letters before the committed offsets tell which origins are done.
+    starts = dict.fromkeys(ends, OFFSET_BEGINNING)
+    for msg in read_to_end(consumer, source, starts, ends, timeout_s=READ_TIMEOUT_S):
         offset: int = msg.offset()  # type: ignore[assignment]
         partition: int = msg.partition()  # type: ignore[assignment]
-        letter = _dead_letter(msg, cache)
+        letter = _dead_letter(msg, cache.cache)
         origin = origin_of(letter) if letter is not None else None
         if letter is None or origin is None:
             if offset >= committed.get(partition, 0):
@@ -278,7 +277,7 @@ class _Step:
     headers: Headers  # the record's own headers with the attempt count set
 
 
-def _decide(letters: list[_Letter], cache: SchemaCache, report: DeadLetterReplay) -> _Step:
+def _decide(letters: list[_Letter], cache: LandingSchemas, report: DeadLetterReplay) -> _Step:
     """Check the newest dead letter of one origin the way the sink reads its record; say what to do."""
     newest = max(letters, key=lambda d: d.attempts)  # the first of the highest count
     report.duplicates += len(letters) - 1
@@ -308,7 +307,7 @@ def _decide(letters: list[_Letter], cache: SchemaCache, report: DeadLetterReplay
     return _Step(outcome, newest, _with_attempts(newest.headers, attempt))
 
 
-def _still_failing(dead: _Letter, cache: SchemaCache) -> str | None:
+def _still_failing(dead: _Letter, cache: LandingSchemas) -> str | None:
     """None if the landing sink would land the record now; else the sink's reason for rejecting it."""
     target, partition, offset = dead.origin
     attributes = dead.letter.get("attributes") or {}
@@ -428,26 +427,3 @@ def _dead_letter(msg: Message, cache: SchemaCache) -> dict[str, Any] | None:
     except UndecodableRecord:
         return None
     return letter if isinstance(letter, dict) and {"payload", "key", "source"} <= letter.keys() else None
-
-
-def _read_until(consumer: Consumer, topic: str, ends: dict[int, int]) -> Iterator[Message]:
-    """Every record of ``topic`` below the given end offsets, in order per partition."""
-    pending = {p for p, end in ends.items() if end > 0}
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    while pending:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to their end")
-        for msg in consumer.consume(num_messages=1000, timeout=POLL_TIMEOUT_S):
-            partition: int = msg.partition()  # type: ignore[assignment]
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(partition)
-                    continue
-                raise KafkaException(err)
-            offset: int = msg.offset()  # type: ignore[assignment]
-            if partition not in pending or offset >= ends[partition]:
-                continue
-            yield msg
-            if offset >= ends[partition] - 1:
-                pending.discard(partition)

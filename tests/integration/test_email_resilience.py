@@ -40,7 +40,7 @@ from email_support import (
     wait_for_mail,
 )
 
-from omnistream.kafka import TopicSpec, ensure_topics
+from omnistream.kafka.clients import TopicSpec, ensure_topics
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import MailboxReader

@@ -30,7 +30,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from omnistream.kafka import admin, client_config
+from omnistream.kafka.clients import admin, client_config
 from omnistream.settings import Settings
 from omnistream.topics import dlq
 from producers.masterdata.client import ApiAuthError, ApiClient, ApiUnavailable, RetryPolicy

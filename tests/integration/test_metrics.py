@@ -31,7 +31,8 @@ from test_email_producer import read_topics, wait_for_mail
 from test_masterdata_snapshots import TOKEN, read_topic, serving
 from test_sink_support import AvroProducer, dead_letters, landed, new_topic, order, poll_until, sink_process
 
-from omnistream.kafka import admin, producer_config, registry_client
+from omnistream.kafka.clients import admin, producer_config
+from omnistream.kafka.registry import registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.producer import EmailTopics

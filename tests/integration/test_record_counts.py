@@ -17,7 +17,6 @@ from test_sink_support import new_topic, read_topic
 from typer.testing import CliRunner
 
 from omnistream.cli import app
-from omnistream.inspect.offsets import partition_offsets
 from omnistream.inspect.records import (
     PartitionLag,
     consumer_groups,
@@ -26,7 +25,8 @@ from omnistream.inspect.records import (
     partition_counts,
     record_counts,
 )
-from omnistream.kafka import admin, producer_config
+from omnistream.kafka.clients import admin, producer_config
+from omnistream.kafka.offsets import partition_offsets
 from omnistream.settings import Settings
 
 pytestmark = pytest.mark.integration

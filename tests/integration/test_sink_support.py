@@ -34,9 +34,10 @@ from confluent_kafka import (
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from omnistream.kafka import TopicSpec, client_config, ensure_topics, producer_config, registry_client
+from omnistream.kafka.clients import TopicSpec, client_config, ensure_topics, producer_config
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import headers_of
 from omnistream.settings import Settings
-from omnistream.sink.batch import headers_of
 from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
 from omnistream.sink.layout import overlapping, parse_file_name
 from omnistream.sink.store import LocalStore

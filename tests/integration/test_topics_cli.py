@@ -15,7 +15,7 @@ from test_sink_support import AvroProducer, new_topic, order, read_topic
 from typer.testing import CliRunner
 
 from omnistream.cli import app
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
 from omnistream.settings import Settings
 
 pytestmark = pytest.mark.integration
