@@ -77,7 +77,9 @@ def topic_partitions(client: Consumer | AdminClient, topic: str, partition: int 
 
     ``NoSuchTopic`` if the cluster does not have the topic, ``NoSuchPartition`` if it lacks ``partition``.
     """
-    metadata = client.list_topics(topic, timeout=TIMEOUT_S).topics.get(topic)
+    # The whole cluster's metadata, not the topic's: asking for one topic by name makes a broker with
+    # auto.create.topics.enable create it.
+    metadata = client.list_topics(timeout=TIMEOUT_S).topics.get(topic)
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise NoSuchTopic(f"no such topic: {topic} (`omnistream topics list` shows the topics there are)")
     partitions = sorted(metadata.partitions)

@@ -18,8 +18,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import httpx
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+# The HTTP library the registry client itself uses (httpx2 where installed, else httpx): its errors are
+# the ones to recognise, and confluent-kafka names this module as the place to import it from.
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
