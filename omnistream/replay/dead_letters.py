@@ -16,8 +16,9 @@ reads it: the landing sink's own decode (:func:`omnistream.sink.batch.build_batc
   sink brings its count along in the header (:mod:`omnistream.sink.dlq` keeps it), so the count goes on.
 
 The resends, the copies and the replayer's own consumer-group offsets on the DLQ commit in one Kafka
-transaction: each dead letter is handled once, even across crashes, and the next run starts after the last
-one handled. With ``dry_run`` the same checks run and nothing is written.
+transaction (:mod:`omnistream.kafka.transactions`): each dead letter is handled once, even across crashes,
+and the next run starts after the last one handled. With ``dry_run`` the same checks run and nothing is
+written.
 
 The sink dead-letters a record at least once (a crash between the dead letter and its file sends it
 again, and a landing replay sends it again), so several dead letters can share an origin. Per origin only
@@ -49,6 +50,7 @@ from omnistream.kafka.clients import client_config, producer_config
 from omnistream.kafka.offsets import NoSuchTopic, read_to_end, topic_partitions, watermarks
 from omnistream.kafka.registry import registry_client
 from omnistream.kafka.serde import SchemaCache, UndecodableRecord, headers_of
+from omnistream.kafka.transactions import TransactionalProducer
 from omnistream.settings import Settings
 from omnistream.sink.batch import build_batch
 from omnistream.sink.dlq import (
@@ -361,7 +363,8 @@ def _write(
 ) -> None:
     """Resends, copies and the group's offsets on the DLQ, in one transaction."""
     # One transactional id per group and DLQ: a second replayer of the same DLQ fences the first.
-    producer = Producer(producer_config(settings, **{"transactional.id": f"{group_id}:{source}"}))
+    config = producer_config(settings, **{"transactional.id": f"{group_id}:{source}"})
+    transaction = TransactionalProducer(config)
     letters = DeadLetterSender(settings)
     failures: list[KafkaError] = []
 
@@ -369,9 +372,8 @@ def _write(
         if err is not None:
             failures.append(err)
 
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    try:
+    def fill() -> None:
+        failures.clear()  # of an earlier, aborted attempt
         for step in plan:
             outcome = step.outcome
             if outcome.action == RESENT:
@@ -381,14 +383,16 @@ def _write(
                 target, partition = source, outcome.dlq_partition
                 value = letters.encode(_next_copy(step, max_attempts), source)
                 key = step.dead.msg.key()
-            _produce(producer, target, partition, key, value, step.headers, delivered)
+            _produce(transaction.producer, target, partition, key, value, step.headers, delivered)
         positions = [TopicPartition(source, p, ends[p]) for p in partitions]
-        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
-        producer.commit_transaction(60)
-    except BaseException:
-        producer.abort_transaction(30)
-        raise
-    if failures:  # commit_transaction raises first if any delivery failed; kept as a guard
+        transaction.send_offsets(positions, consumer.consumer_group_metadata())
+
+    transaction.init()
+    try:
+        transaction.run(f"the dead letters of {source}", fill)
+    finally:
+        transaction.close()
+    if failures:  # the commit fails first if any delivery failed; kept as a guard
         raise KafkaException(failures[0])
 
 
