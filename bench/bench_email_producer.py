@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
-from omnistream.kafka import registry_client
+from omnistream.kafka.registry import registry_client
 from omnistream.settings import MailSettings, get_settings
 from omnistream.stack.manager import Stack
 from producers.emails.model import Provenance

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
 from omnistream.settings import Settings, get_settings
 from producers.masterdata.client import ApiClient
 from producers.masterdata.entities import ENTITY_SPECS, topic_names

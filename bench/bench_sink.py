@@ -34,7 +34,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.schema_registry import Schema
 from fastavro import parse_schema, schemaless_writer
 
-from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
+from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config
+from omnistream.kafka.registry import registry_client
 from omnistream.settings import Settings, get_settings
 from omnistream.sink.consumer import LandingSink, SinkConfig
 from omnistream.sink.store import LocalStore

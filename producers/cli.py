@@ -60,17 +60,12 @@ def produce_masterdata(
     The API's URL and token: OMNISTREAM_API__HOST, OMNISTREAM_API__PORT, OMNISTREAM_API__TOKEN.
     """
     # Imported here so that `omnistream --help` does not load Kafka and Avro.
+    from omnistream.errors import OmnistreamError
     from omnistream.metrics import MetricsEndpointError, serve_metrics
     from omnistream.settings import get_settings
-    from producers.masterdata.client import ApiClient, ApiError, ApiUnavailable, RetryPolicy
+    from producers.masterdata.client import ApiClient, RetryPolicy
     from producers.masterdata.entities import select_entities, topic_names
-    from producers.masterdata.producer import (
-        MasterDataMetrics,
-        MasterDataProducer,
-        SchemaRejected,
-        SnapshotFailed,
-        SnapshotOptions,
-    )
+    from producers.masterdata.producer import MasterDataMetrics, MasterDataProducer, SnapshotOptions
     from producers.masterdata.progress import SnapshotDisplay
     from producers.masterdata.run import parse_duration, run_snapshots
 
@@ -111,7 +106,10 @@ def produce_masterdata(
         err_console.print("stopped; a snapshot in progress published no tombstones")
         # SIGTERM is an orderly stop (exit 0); Ctrl-C keeps the shell's convention for an interrupt.
         raise typer.Exit(0 if stop.is_set() else 130) from None
-    except (ApiError, ApiUnavailable, SnapshotFailed, SchemaRejected, MetricsEndpointError) as exc:
+    except OmnistreamError:
+        display.stop()  # the CLI prints the error, on a line of its own
+        raise
+    except MetricsEndpointError as exc:
         display.stop()
         # soft_wrap: one line per error in a supervisor's log, whatever the terminal's width.
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -172,17 +170,7 @@ def produce_emails(
     from omnistream.metrics import MetricsEndpointError, serve_metrics
     from omnistream.settings import get_settings
     from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS
-    from producers.emails.checkpoint import CheckpointUnavailable
-    from producers.emails.imap import ImapUnavailable, MailboxError
-    from producers.emails.producer import (
-        BatchReport,
-        EmailProducer,
-        EmailTopics,
-        FatalProducerError,
-        ProducerOptions,
-        Progress,
-    )
-    from producers.emails.serde import RegistryUnavailable, SchemaRejected
+    from producers.emails.producer import BatchReport, EmailProducer, EmailTopics, ProducerOptions, Progress
 
     settings = get_settings()
     mail = settings.mail
@@ -232,16 +220,7 @@ def produce_emails(
                 f"{producer.progress.last_uid + 1} (UIDVALIDITY {producer.progress.uidvalidity})"
             )
             progress = producer.follow(stop) if follow else producer.drain(stop)
-    except (
-        FatalProducerError,
-        MailboxError,
-        ImapUnavailable,
-        CheckpointUnavailable,
-        SchemaRejected,
-        RegistryUnavailable,
-        KafkaException,
-        MetricsEndpointError,
-    ) as exc:
+    except (KafkaException, MetricsEndpointError) as exc:  # omnistream's own errors: the CLI maps them
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ One JSON object per line: a ``run`` header, then one line per operation the serv
 written with a single ``write(2)`` as soon as it did (a line is in the file once the call returns, so a
 ``kill -9`` loses at most the line being written), and an ``end`` line when the run stops in order. The
 journals are the ground truth; ``manifest.json`` is a summary built from them (see omnistream/reconcile.py for
-how they are read, and simulators/manifest.py for the summary). Lines are not fsynced one by one: they
+how they are read, and omnistream/manifest.py for the summary). Lines are not fsynced one by one: they
 survive the process, not a power cut.
 
 Run ``n`` (0 for the first in an out dir) plays the plan of seed ``base seed + n``: runs differ from each

@@ -10,10 +10,7 @@ from typing import Any
 
 import psycopg
 
-# Still importable from here only for omnistream/connect/sandbox.py, which leaves the runtime package for
-# tests/support; once it imports omnistream.shop_schema, this line goes.
 from omnistream.errors import OmnistreamError
-from omnistream.shop_schema import ensure_shop_schema as ensure_shop_schema
 from simulators.order_plan import NewOrder
 
 # Each write returns the id of its transaction, so that a commit cut off by a lost connection can be looked

@@ -10,16 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnistream.inspect.offsets import topic_names
-from omnistream.inspect.records import (
-    RECORD_CAP,
-    KafkaUnavailableError,
-    connect,
-    describe_topic,
-    partition_counts,
-    shown,
-)
+from omnistream.inspect.records import describe_topic, partition_counts
 from omnistream.inspect.tail import tail
+from omnistream.kafka.clients import connect
+from omnistream.kafka.offsets import NoSuchTopic, topic_names
+from omnistream.kafka.record_counts import RECORD_CAP, shown
 from omnistream.settings import get_settings
 
 topics_app = typer.Typer(help="Inspect topics: partitions, offsets, records, consumer lag, last records.")
@@ -42,11 +37,6 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     Console().print(table)
 
 
-def _unavailable(exc: KafkaUnavailableError) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg="red", err=True)
-    return typer.Exit(1)  # a server that does not answer is a failure (1), not a usage error (2)
-
-
 @topics_app.command("list")
 def list_topics(
     internal: bool = typer.Option(False, "--internal", help="Include internal topics (_*, __*)."),
@@ -60,11 +50,8 @@ def list_topics(
     but are not records.
     """
     settings = get_settings()
-    try:
-        names = topic_names(connect(settings), internal=internal, pattern=pattern)
-        counts = partition_counts(settings, names, cap=cap)
-    except KafkaUnavailableError as exc:
-        raise _unavailable(exc) from exc
+    names = topic_names(connect(settings), internal=internal, pattern=pattern)
+    counts = partition_counts(settings, names, cap=cap)
     summary: dict[str, dict[str, Any]] = {
         name: {"topic": name, "partitions": 0, "offsets": 0, "records": 0, "exact": True} for name in names
     }
@@ -94,13 +81,9 @@ def describe(
 ) -> None:
     """Partitions (leader, start and end offsets, records) and every consumer group's lag in records."""
     settings = get_settings()
-    try:
-        counts, lags = describe_topic(settings, topic, cap=cap)
-    except KafkaUnavailableError as exc:
-        raise _unavailable(exc) from exc
+    counts, lags = describe_topic(settings, topic, cap=cap)
     if not counts:
-        typer.secho(f"error: no topic {topic}", fg="red", err=True)
-        raise typer.Exit(1)
+        raise NoSuchTopic(f"no such topic: {topic} (`omnistream topics list` shows the topics there are)")
     if as_json:
         partitions = [
             {**asdict(p), "offsets": p.offsets, "records": c.records, "exact": c.exact} for p, c in counts

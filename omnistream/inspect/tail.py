@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import (
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, Message
 
-from omnistream.kafka import client_config, registry_client
+from omnistream.kafka.clients import connect, reader_config
+from omnistream.kafka.offsets import read_to_end, topic_partitions, watermarks
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import SchemaCache, UndecodableRecord, headers_of, render_key, to_json
 from omnistream.settings import Settings
-from omnistream.sink.arrow import to_json
-from omnistream.sink.avro import SchemaCache, UndecodableRecord
-from omnistream.sink.batch import headers_of, render_key
 
-POLL_TIMEOUT_S = 0.5
-TIMEOUT_S = 30.0
+# A command waits this long for a failing registry, not the minutes a long-running process does.
+REGISTRY_RETRY_FOR_S = 10.0
 
 
 def _text(value: bytes | None) -> str | None:
@@ -66,49 +58,19 @@ def render(msg: Message, cache: SchemaCache) -> dict[str, Any]:
 
 
 def tail(settings: Settings, topic: str, n: int, partition: int | None = None) -> list[dict[str, Any]]:
-    """The last ``n`` records of ``topic`` (of one partition, or of all, by timestamp), oldest first."""
-    consumer = Consumer(
-        client_config(
-            settings,
-            **{
-                # Never committed: the group exists only in this client.
-                "group.id": f"omnistream-tail-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            },
-        )
-    )
-    cache = SchemaCache(registry_client(settings))
+    """The last ``n`` records of ``topic`` (of one partition, or of all, by timestamp), oldest first.
+
+    ``NoSuchTopic`` / ``NoSuchPartition`` for a topic or partition that does not exist, ``KafkaUnreachable``
+    / ``RegistryUnreachable`` for a server that does not answer.
+    """
+    partitions = topic_partitions(connect(settings), topic, partition)
+    consumer = Consumer(reader_config(settings, "tail"))
+    cache = SchemaCache(registry_client(settings), retry_for_s=REGISTRY_RETRY_FOR_S)
     try:
-        metadata = consumer.list_topics(topic, timeout=TIMEOUT_S).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise KafkaException(metadata.error if metadata else KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
-        partitions = [p for p in sorted(metadata.partitions) if partition is None or p == partition]
-        assignment = []
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S)
-            if high > low:
-                assignment.append(TopicPartition(topic, p, max(low, high - n)))
-        msgs = _read_to_end(consumer, assignment)
+        marks = watermarks(consumer, topic, partitions)
+        starts = {p: max(low, high - n) for p, (low, high) in marks.items() if high > low}
+        msgs = list(read_to_end(consumer, topic, starts, {p: marks[p][1] for p in starts}))
     finally:
         consumer.close()
     msgs.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()))
     return [render(m, cache) for m in msgs[-n:]] if n > 0 else []
-
-
-def _read_to_end(consumer: Consumer, assignment: list[TopicPartition]) -> list[Message]:
-    pending = {tp.partition for tp in assignment}
-    if not pending:
-        return []
-    consumer.assign(assignment)
-    out: list[Message] = []
-    while pending:
-        for msg in consumer.consume(num_messages=1000, timeout=POLL_TIMEOUT_S):
-            err = msg.error()
-            if err is None:
-                out.append(msg)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                pending.discard(msg.partition())  # type: ignore[arg-type]
-            else:
-                raise KafkaException(err)
-    return out

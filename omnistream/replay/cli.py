@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from omnistream.replay.dead_letters import DEFAULT_MAX_ATTEMPTS, DeadLetterReplay, replay_dead_letters
-from omnistream.replay.landing import GroupActiveError, PartitionReplay, ReplayPoint, plan_replay, replay
+from omnistream.replay.landing import PartitionReplay, ReplayPoint, plan_replay, replay
 from omnistream.settings import get_settings
 from omnistream.sink.store import open_store
 from omnistream.topics import PIPELINE_TOPICS
@@ -135,12 +135,10 @@ def replay_command(
     point = _point(from_beginning, offset, partition, from_time)
     store = open_store(settings, directory=directory, bucket=bucket)
     group_id = group or settings.landing.group_id
+    # Every pipeline topic (--all) may include some not created yet; a topic named is one that must exist.
     if dry_run:
-        _show(plan_replay(settings, store, names, point), f"replay {point.describe()} (dry run)")
+        plans = plan_replay(settings, store, names, point, missing_ok=all_topics)
+        _show(plans, f"replay {point.describe()} (dry run)")
         return
-    try:
-        plans = replay(settings, store, group_id, names, point)
-    except GroupActiveError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
+    plans = replay(settings, store, group_id, names, point, missing_ok=all_topics)
     _show(plans, f"replayed {point.describe()} in {store.root}; run `omnistream sink` to land again")

@@ -16,8 +16,9 @@ reads it: the landing sink's own decode (:func:`omnistream.sink.batch.build_batc
   sink brings its count along in the header (:mod:`omnistream.sink.dlq` keeps it), so the count goes on.
 
 The resends, the copies and the replayer's own consumer-group offsets on the DLQ commit in one Kafka
-transaction: each dead letter is handled once, even across crashes, and the next run starts after the last
-one handled. With ``dry_run`` the same checks run and nothing is written.
+transaction (:mod:`omnistream.kafka.transactions`): each dead letter is handled once, even across crashes,
+and the next run starts after the last one handled. With ``dry_run`` the same checks run and nothing is
+written.
 
 The sink dead-letters a record at least once (a crash between the dead letter and its file sends it
 again, and a landing replay sends it again), so several dead letters can share an origin. Per origin only
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,10 +46,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from omnistream.kafka import client_config, producer_config, registry_client
+from omnistream.kafka.clients import client_config, producer_config
+from omnistream.kafka.offsets import NoSuchTopic, read_to_end, topic_partitions, watermarks
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import SchemaCache, UndecodableRecord, headers_of
+from omnistream.kafka.transactions import TransactionalProducer
 from omnistream.settings import Settings
-from omnistream.sink.avro import SchemaCache, UndecodableRecord
-from omnistream.sink.batch import build_batch, headers_of
+from omnistream.sink.batch import build_batch
 from omnistream.sink.dlq import (
     ATTEMPTS_ATTRIBUTE,
     ATTEMPTS_HEADER,
@@ -58,11 +61,11 @@ from omnistream.sink.dlq import (
     attempts_in,
     origin_of,
 )
+from omnistream.sink.landing_schemas import LandingSchemas
 from omnistream.topics import dlq
 
 log = logging.getLogger(__name__)
 
-POLL_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 120.0
 DEFAULT_MAX_ATTEMPTS = 3
 GAVE_UP_ATTRIBUTE = "replay_gave_up"
@@ -177,21 +180,17 @@ def replay_dead_letters(
         )
     )
     try:
-        metadata = consumer.list_topics(source, timeout=30).topics.get(source)
-        if metadata is None or metadata.error is not None:
+        try:
+            partitions = topic_partitions(consumer, source)
+        except NoSuchTopic:
             log.info("%s does not exist: nothing dead-lettered", source)
             return report
-        partitions = sorted(metadata.partitions)
         committed = {
             tp.partition: max(tp.offset, 0)
             for tp in consumer.committed([TopicPartition(source, p) for p in partitions], timeout=30)
         }
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(source, p), timeout=30)[1] for p in partitions
-        }
-        cache = SchemaCache(registry_client(settings))
-        # From the beginning: the dead letters before the committed offsets tell which origins are done.
-        consumer.assign([TopicPartition(source, p, OFFSET_BEGINNING) for p in partitions if ends[p] > 0])
+        ends = {p: high for p, (_, high) in watermarks(consumer, source, partitions).items()}
+        cache = LandingSchemas(SchemaCache(registry_client(settings)))
         pending = _read_dead_letters(consumer, source, committed, ends, cache, report)
         if not pending and all(committed[p] >= ends[p] for p in partitions):
             log.info("%s: every dead letter was handled already", source)
@@ -218,7 +217,7 @@ def _read_dead_letters(
     source: str,
     committed: dict[int, int],
     ends: dict[int, int],
-    cache: SchemaCache,
+    cache: LandingSchemas,
     report: DeadLetterReplay,
 ) -> dict[Origin, list[_Letter]]:
     """The dead letters after the committed offsets still to handle, by origin in order of appearance.
@@ -227,10 +226,12 @@ def _read_dead_letters(
     attempt count among them and whether it was given up decide which later ones are duplicates."""
     pending: dict[Origin, list[_Letter]] = {}
     handled: dict[Origin, tuple[int, bool]] = {}
-    for msg in _read_until(consumer, source, ends):
+    # From the beginning: the dead letters before the committed offsets tell which origins are done.
+    starts = dict.fromkeys(ends, OFFSET_BEGINNING)
+    for msg in read_to_end(consumer, source, starts, ends, timeout_s=READ_TIMEOUT_S):
         offset: int = msg.offset()  # type: ignore[assignment]
         partition: int = msg.partition()  # type: ignore[assignment]
-        letter = _dead_letter(msg, cache)
+        letter = _dead_letter(msg, cache.cache)
         origin = origin_of(letter) if letter is not None else None
         if letter is None or origin is None:
             if offset >= committed.get(partition, 0):
@@ -278,7 +279,7 @@ class _Step:
     headers: Headers  # the record's own headers with the attempt count set
 
 
-def _decide(letters: list[_Letter], cache: SchemaCache, report: DeadLetterReplay) -> _Step:
+def _decide(letters: list[_Letter], cache: LandingSchemas, report: DeadLetterReplay) -> _Step:
     """Check the newest dead letter of one origin the way the sink reads its record; say what to do."""
     newest = max(letters, key=lambda d: d.attempts)  # the first of the highest count
     report.duplicates += len(letters) - 1
@@ -308,7 +309,7 @@ def _decide(letters: list[_Letter], cache: SchemaCache, report: DeadLetterReplay
     return _Step(outcome, newest, _with_attempts(newest.headers, attempt))
 
 
-def _still_failing(dead: _Letter, cache: SchemaCache) -> str | None:
+def _still_failing(dead: _Letter, cache: LandingSchemas) -> str | None:
     """None if the landing sink would land the record now; else the sink's reason for rejecting it."""
     target, partition, offset = dead.origin
     attributes = dead.letter.get("attributes") or {}
@@ -362,7 +363,8 @@ def _write(
 ) -> None:
     """Resends, copies and the group's offsets on the DLQ, in one transaction."""
     # One transactional id per group and DLQ: a second replayer of the same DLQ fences the first.
-    producer = Producer(producer_config(settings, **{"transactional.id": f"{group_id}:{source}"}))
+    config = producer_config(settings, **{"transactional.id": f"{group_id}:{source}"})
+    transaction = TransactionalProducer(config)
     letters = DeadLetterSender(settings)
     failures: list[KafkaError] = []
 
@@ -370,9 +372,8 @@ def _write(
         if err is not None:
             failures.append(err)
 
-    producer.init_transactions(30)
-    producer.begin_transaction()
-    try:
+    def fill() -> None:
+        failures.clear()  # of an earlier, aborted attempt
         for step in plan:
             outcome = step.outcome
             if outcome.action == RESENT:
@@ -382,14 +383,16 @@ def _write(
                 target, partition = source, outcome.dlq_partition
                 value = letters.encode(_next_copy(step, max_attempts), source)
                 key = step.dead.msg.key()
-            _produce(producer, target, partition, key, value, step.headers, delivered)
+            _produce(transaction.producer, target, partition, key, value, step.headers, delivered)
         positions = [TopicPartition(source, p, ends[p]) for p in partitions]
-        producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
-        producer.commit_transaction(60)
-    except BaseException:
-        producer.abort_transaction(30)
-        raise
-    if failures:  # commit_transaction raises first if any delivery failed; kept as a guard
+        transaction.send_offsets(positions, consumer.consumer_group_metadata())
+
+    transaction.init()
+    try:
+        transaction.run(f"the dead letters of {source}", fill)
+    finally:
+        transaction.close()
+    if failures:  # the commit fails first if any delivery failed; kept as a guard
         raise KafkaException(failures[0])
 
 
@@ -428,26 +431,3 @@ def _dead_letter(msg: Message, cache: SchemaCache) -> dict[str, Any] | None:
     except UndecodableRecord:
         return None
     return letter if isinstance(letter, dict) and {"payload", "key", "source"} <= letter.keys() else None
-
-
-def _read_until(consumer: Consumer, topic: str, ends: dict[int, int]) -> Iterator[Message]:
-    """Every record of ``topic`` below the given end offsets, in order per partition."""
-    pending = {p for p, end in ends.items() if end > 0}
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    while pending:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{topic}: partitions {sorted(pending)} not read to their end")
-        for msg in consumer.consume(num_messages=1000, timeout=POLL_TIMEOUT_S):
-            partition: int = msg.partition()  # type: ignore[assignment]
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(partition)
-                    continue
-                raise KafkaException(err)
-            offset: int = msg.offset()  # type: ignore[assignment]
-            if partition not in pending or offset >= ends[partition]:
-                continue
-            yield msg
-            if offset >= ends[partition] - 1:
-                pending.discard(partition)

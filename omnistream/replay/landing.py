@@ -26,14 +26,17 @@ from datetime import datetime
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from omnistream.inspect.offsets import (
+from omnistream.errors import OmnistreamError
+from omnistream.kafka.clients import connect
+from omnistream.kafka.offsets import (
     RESULT_TIMEOUT_S,
     TIMEOUT_S,
+    NoSuchPartition,
+    NoSuchTopic,
     PartitionOffsets,
     group_members,
     partition_offsets,
 )
-from omnistream.kafka import admin
 from omnistream.settings import Settings
 from omnistream.sink.layout import LandedFile, resume_offset
 from omnistream.sink.store import LandingStore
@@ -41,7 +44,7 @@ from omnistream.sink.store import LandingStore
 log = logging.getLogger(__name__)
 
 
-class GroupActiveError(RuntimeError):
+class GroupActiveError(OmnistreamError):
     """The sink group has members; a replay would race them."""
 
 
@@ -121,12 +124,39 @@ def _requested_offsets(
     return requested
 
 
+def _check_exist(topics: list[str], offsets: list[PartitionOffsets], partition: int | None) -> None:
+    """``NoSuchTopic`` for a topic the cluster lacks, ``NoSuchPartition`` for a partition beyond a topic's."""
+    partitions: dict[str, list[int]] = {}
+    for p in offsets:
+        partitions.setdefault(p.topic, []).append(p.partition)
+    for topic in topics:
+        if topic not in partitions:
+            raise NoSuchTopic(f"no such topic: {topic} (`omnistream topics list` shows the topics there are)")
+        if partition is not None and partition not in partitions[topic]:
+            count = len(partitions[topic])
+            raise NoSuchPartition(
+                f"{topic} has {count} partition(s), 0 to {count - 1}: there is no partition {partition}"
+            )
+
+
 def plan_replay(
-    settings: Settings, store: LandingStore, topics: Iterable[str], point: ReplayPoint
+    settings: Settings,
+    store: LandingStore,
+    topics: Iterable[str],
+    point: ReplayPoint,
+    *,
+    missing_ok: bool = False,
 ) -> list[PartitionReplay]:
-    """What a replay of ``topics`` from ``point`` would delete, per partition, without doing it."""
-    client = admin(settings)
-    offsets = partition_offsets(client, topics)
+    """What a replay of ``topics`` from ``point`` would delete, per partition, without doing it.
+
+    ``NoSuchTopic`` / ``NoSuchPartition`` for what the cluster does not have, unless ``missing_ok`` (every
+    pipeline topic, some of which may not have been created yet): then those are left out.
+    """
+    client = connect(settings)
+    names = list(topics)
+    offsets = partition_offsets(client, names)
+    if not missing_ok:
+        _check_exist(names, offsets, point.partition)
     requested = _requested_offsets(client, offsets, point)
     starts = {(p.topic, p.partition): p.start for p in offsets}
     plans = []
@@ -144,11 +174,13 @@ def replay(
     group: str,
     topics: Iterable[str],
     point: ReplayPoint,
+    *,
+    missing_ok: bool = False,
 ) -> list[PartitionReplay]:
     """Delete the landing files of ``topics`` from ``point`` on and reset ``group`` to match."""
-    client = admin(settings)
+    client = connect(settings)
     require_inactive(client, group)
-    plans = plan_replay(settings, store, topics, point)
+    plans = plan_replay(settings, store, topics, point, missing_ok=missing_ok)
     for plan in plans:
         store.remove_temporaries(plan.topic, plan.partition)
         for file in plan.deleted:  # newest first: what is left is always a prefix

@@ -29,18 +29,16 @@ logical types stripped and builds the Arrow column from the raw integers and byt
 
 from __future__ import annotations
 
-import base64
-import json
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from omnistream.kafka.serde import to_json
 
 Converter = Callable[[Any], Any]
 Builder = Callable[[list[Any]], pa.Array]
@@ -79,23 +77,6 @@ _TIMESTAMPS = {
     "local-timestamp-nanos": pa.timestamp("ns"),
 }
 _TEMPORAL = {"date": pa.date32(), "time-millis": pa.time32("ms"), "time-micros": pa.time64("us")}
-
-
-def json_default(value: Any) -> Any:
-    """JSON for the values fastavro returns: decimals as strings (exact), temporals as ISO 8601."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=json_default, ensure_ascii=False, separators=(",", ":"))
 
 
 def _json_text(value: Any) -> Any:

@@ -23,20 +23,19 @@ import pyarrow as pa
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 from fastavro import schemaless_reader
 
-from omnistream.sink import arrow as avro_arrow
-from omnistream.sink.avro import (
+from omnistream.kafka.serde import (
     CORRUPT_AVRO,
     HEADER_SIZE,
-    MAGIC,
-    NOT_REPRESENTABLE,
+    MAGIC_BYTE,
     SchemaCache,
     UndecodableRecord,
-    WriterSchema,
+    headers_of,
+    render_key,
 )
+from omnistream.sink import arrow as avro_arrow
+from omnistream.sink.landing_schemas import NOT_REPRESENTABLE, LandingSchema, LandingSchemas
 
 log = logging.getLogger(__name__)
-
-MAGIC_BYTE = bytes([MAGIC])
 
 
 @dataclass(frozen=True)
@@ -61,29 +60,6 @@ class Batch:
     rejected: list[RejectedRecord]
 
 
-def render_key(key: bytes | None, cache: SchemaCache) -> str | None:
-    """A key as text: a wire-format Avro key decoded (a string as is, anything else as JSON), else UTF-8."""
-    if key is None:
-        return None
-    if len(key) >= HEADER_SIZE and key[0] == MAGIC:
-        try:
-            _, value = cache.decode(key)
-        except UndecodableRecord:
-            pass  # not an Avro key after all: fall back to its bytes
-        else:
-            return value if isinstance(value, str) else avro_arrow.to_json(value)
-    return key.decode("utf-8", "backslashreplace")
-
-
-def headers_of(msg: Message) -> list[tuple[str, bytes | None]]:
-    """A record's headers as (key, value) pairs, in order; empty if it has none."""
-    headers = msg.headers()
-    if not headers:
-        return []
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
-
-
 def _reject(msg: Message, reason: str) -> RejectedRecord:
     ts_type, ts = msg.timestamp()
     return RejectedRecord(
@@ -98,14 +74,14 @@ def _reject(msg: Message, reason: str) -> RejectedRecord:
     )
 
 
-def build_batch(topic: str, partition: int, msgs: Sequence[Message], cache: SchemaCache) -> Batch:
+def build_batch(topic: str, partition: int, msgs: Sequence[Message], landing: LandingSchemas) -> Batch:
     """The table and dead letters for ``msgs``, consecutive records of one partition."""
     kept: list[Message] = []
     rows: list[Any] = []
-    schemas: list[WriterSchema | None] = []
+    schemas: list[LandingSchema | None] = []
     rejected: list[RejectedRecord] = []
-    landable = cache.landable
-    # The hot loop: one dict lookup and one fastavro call per record; the checks of WriterSchema.read
+    landable = landing.landable
+    # The hot loop: one dict lookup and one fastavro call per record; the checks of LandingSchema.read
     # are inlined here because a function call per record is a measurable share of the time.
     for msg in msgs:
         value = msg.value()
@@ -117,7 +93,7 @@ def build_batch(topic: str, partition: int, msgs: Sequence[Message], cache: Sche
         schema = landable.get(value[1:HEADER_SIZE]) if value[:1] == MAGIC_BYTE else None
         if schema is None:
             try:
-                schema = cache.landing_schema(value)
+                schema = landing.of(value)
             except UndecodableRecord as exc:
                 rejected.append(_reject(msg, str(exc)))
                 continue
@@ -140,19 +116,19 @@ def build_batch(topic: str, partition: int, msgs: Sequence[Message], cache: Sche
 
     tables = []
     for lo, hi, run_schema in _runs(schemas):
-        table, unfit = _run_table(topic, partition, kept[lo:hi], rows[lo:hi], run_schema, cache)
+        table, unfit = _run_table(topic, partition, kept[lo:hi], rows[lo:hi], run_schema, landing.cache)
         tables.append(table)
         rejected.extend(unfit)
     if not tables:  # every record was dead-lettered: an empty file still accounts for their offsets
-        tables.append(_table([], _metadata(topic, partition, [], [], cache)))
+        tables.append(_table([], _metadata(topic, partition, [], [], landing.cache)))
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     rejected.sort(key=lambda r: r.offset)
     return Batch(table, rejected)
 
 
-def _runs(schemas: list[WriterSchema | None]) -> list[tuple[int, int, WriterSchema | None]]:
+def _runs(schemas: list[LandingSchema | None]) -> list[tuple[int, int, LandingSchema | None]]:
     """Maximal [lo, hi) runs of one writer schema; tombstones join the run they sit in."""
-    runs: list[tuple[int, int, WriterSchema | None]] = []
+    runs: list[tuple[int, int, LandingSchema | None]] = []
     lo, current = 0, None
     for i, schema in enumerate(schemas):
         if schema is None or schema is current:
@@ -171,7 +147,7 @@ def _run_table(
     partition: int,
     msgs: list[Message],
     rows: list[Any],
-    schema: WriterSchema | None,
+    schema: LandingSchema | None,
     cache: SchemaCache,
 ) -> tuple[pa.Table, list[RejectedRecord]]:
     if schema is None:  # tombstones only: no value columns to speak of

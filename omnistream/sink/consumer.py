@@ -40,22 +40,25 @@ from confluent_kafka import (
 )
 from prometheus_client import CollectorRegistry
 
-from omnistream.kafka import client_config, registry_client
-from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
-from omnistream.settings import Settings
-from omnistream.sink.avro import (
+from omnistream.errors import OmnistreamError
+from omnistream.kafka.clients import client_config
+from omnistream.kafka.offsets import watermarks
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import (
     CORRUPT_AVRO,
     HEADER_SIZE,
     MAGIC,
-    NOT_REPRESENTABLE,
     NOT_WIRE_FORMAT,
     UNKNOWN_SCHEMA,
     UNSUPPORTED_SCHEMA,
     SchemaCache,
     UndecodableRecord,
 )
+from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
+from omnistream.settings import Settings
 from omnistream.sink.batch import build_batch
 from omnistream.sink.dlq import DeadLetterSender
+from omnistream.sink.landing_schemas import NOT_REPRESENTABLE, LandingSchemas
 from omnistream.sink.layout import LandedFile, resume_offset
 from omnistream.sink.store import LandingStore
 
@@ -73,7 +76,7 @@ REASON_CLASSES = frozenset(
 OFFSET_COMMIT_FAILED = "offset_commit"
 
 
-class LandingAheadError(RuntimeError):
+class LandingAheadError(OmnistreamError):
     """The landing zone holds offsets the topic does not have: it was recreated or truncated."""
 
 
@@ -199,13 +202,13 @@ class LandingSink:
         store: LandingStore,
         config: SinkConfig,
         *,
-        cache: SchemaCache | None = None,
+        schemas: LandingSchemas | None = None,
         metrics: SinkMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.config = config
-        self.cache = cache or SchemaCache(registry_client(settings))
+        self.schemas = schemas or LandingSchemas(SchemaCache(registry_client(settings)))
         self.metrics = metrics or SinkMetrics()
         self._lag_labels: set[tuple[str, str]] = set()
         self._buffered_topics: set[str] = set()
@@ -356,7 +359,7 @@ class LandingSink:
     def _schema_change(self, buf: PartitionBuffer, schema_key: bytes) -> None:
         """A record written with another schema: flush first unless its columns merge with the buffer's."""
         try:
-            schema = self.cache.get(int.from_bytes(schema_key, "big")).arrow_schema
+            schema = self.schemas.by_id(int.from_bytes(schema_key, "big")).arrow_schema
         except UndecodableRecord:
             return  # it will be dead-lettered at the flush; the buffer's columns are unaffected
         merged = schema
@@ -384,7 +387,7 @@ class LandingSink:
         assert buf.range_start is not None and buf.msgs
         end: int = buf.msgs[-1].offset()  # type: ignore[assignment]
         file = LandedFile(buf.topic, buf.partition, buf.range_start, end)
-        batch = build_batch(buf.topic, buf.partition, buf.msgs, self.cache)
+        batch = build_batch(buf.topic, buf.partition, buf.msgs, self.schemas)
         self.dead_letters.send(batch.rejected)
         note = {
             "topic": file.topic,
@@ -464,7 +467,7 @@ class LandingSink:
             if resume is None:
                 tp.offset = OFFSET_BEGINNING
             else:
-                low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+                low, high = watermarks(consumer, tp.topic, [tp.partition], timeout_s=10)[tp.partition]
                 if resume > high:
                     raise LandingAheadError(
                         f"{self.store.root} has {tp.topic}[{tp.partition}] landed up to offset {resume - 1}, "

@@ -2,8 +2,9 @@
 
 The value is the shared ``DeadLetter`` record every producer and sink uses: the record's value bytes
 exactly as read (``payload``), its key, why it was rejected (``reason``, starting with one of the
-categories of :mod:`omnistream.sink.avro`), ``source`` ``kafka://<topic>`` and ``source_id``
-``<topic>/<partition>/<offset>`` with the partition, offset and timestamp in ``attributes``. The Kafka key
+categories of :mod:`omnistream.kafka.serde` and :mod:`omnistream.sink.landing_schemas`), ``source``
+``kafka://<topic>`` and ``source_id`` ``<topic>/<partition>/<offset>`` with the partition, offset and
+timestamp in ``attributes``. The Kafka key
 is the ``source_id``; the Kafka headers are the record's own headers, unchanged. That is everything
 ``omnistream replay --dlq`` needs to send the record back as it was once the cause is fixed.
 
@@ -28,12 +29,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from omnistream.dead_letter import DeadLetter
-from omnistream.kafka import TopicSpec, ensure_topics, load_schema, producer_config, registry_client
+from omnistream.errors import OmnistreamError
+from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config
+from omnistream.kafka.registry import registry_client, with_registry
+from omnistream.kafka.serde import UndecodableRecord, load_schema
 from omnistream.settings import Settings
-from omnistream.sink.avro import UndecodableRecord, is_transient
 from omnistream.sink.batch import RejectedRecord
 from omnistream.topics import dlq
 
@@ -95,7 +97,7 @@ def origin_of(letter: Mapping[str, Any]) -> tuple[str, int, int] | None:
         return None
 
 
-class DeadLetterError(RuntimeError):
+class DeadLetterError(OmnistreamError):
     """The broker did not acknowledge every dead letter; nothing may be committed past them."""
 
 
@@ -114,12 +116,6 @@ class DeadLetterSender:
             self._producer = Producer(producer_config(self.settings, **{"linger.ms": 5}))
         return self._producer
 
-    @retry(
-        retry=retry_if_exception(is_transient),
-        wait=wait_exponential(multiplier=0.2, max=5),
-        stop=stop_after_delay(60),
-        reraise=True,
-    )
     def encode(self, letter: dict[str, Any], target: str) -> bytes:
         """``letter`` (a ``DeadLetter`` record) in the wire format, its schema registered for ``target``."""
         if self._serializer is None:
@@ -128,7 +124,9 @@ class DeadLetterSender:
                 load_schema(DEAD_LETTER_SCHEMA),
                 conf={"subject.name.strategy": topic_subject_name_strategy},
             )
-        data = self._serializer(letter, SerializationContext(target, MessageField.VALUE))
+        serializer = self._serializer
+        context = SerializationContext(target, MessageField.VALUE)
+        data = with_registry(f"serializing a dead letter for {target}", lambda: serializer(letter, context))
         assert data is not None
         return data
 

@@ -3,7 +3,7 @@
 The committed offset is written after each file, so it trails the landing zone by at most the commits in
 flight. Beside it the status shows what the files themselves say (the next offset to land), which is what
 recovery goes by. Both lags are counted as a ``read_committed`` consumer sees the topic (see
-:mod:`omnistream.inspect.records`): the transaction marker after the last landed record is no lag.
+:mod:`omnistream.kafka.record_counts`): the transaction marker after the last landed record is no lag.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from omnistream.inspect.offsets import committed_offsets, partition_offsets
-from omnistream.inspect.records import RECORD_CAP, connect, count_records, range_after
+from omnistream.kafka.clients import connect
+from omnistream.kafka.offsets import committed_offsets, partition_offsets
+from omnistream.kafka.record_counts import RECORD_CAP, count_records, range_after
 from omnistream.settings import Settings
 from omnistream.sink.layout import resume_offset
 from omnistream.sink.store import LandingStore
@@ -28,7 +29,7 @@ class SinkPartitionStatus:
     lag: int  # records after the committed offset (all of them if none is committed)
     landed_next: int | None  # the first offset no landing file covers yet
     unlanded: int  # records at or after landed_next (all of them if no file)
-    exact: bool = True  # False: lag and unlanded are upper bounds (see omnistream.inspect.records)
+    exact: bool = True  # False: lag and unlanded are upper bounds (see omnistream.kafka.record_counts)
 
 
 def sink_status(

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from google.api_core.exceptions import NotFound, PreconditionFailed
 from google.cloud import storage
 
+from omnistream.errors import OmnistreamError
 from omnistream.gcs import ensure_bucket, storage_client
 from omnistream.settings import Settings
 from omnistream.sink.layout import (
@@ -44,7 +45,7 @@ PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 COMPRESSION = "zstd"
 
 
-class OverlapError(RuntimeError):
+class OverlapError(OmnistreamError):
     """A file would overlap offsets another committed file already accounts for."""
 
 

@@ -9,22 +9,22 @@ to its end with ``isolation.level=read_committed``: what it finds is the cursor 
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer
 
-from omnistream.kafka import client_config
+from omnistream.errors import Unreachable
+from omnistream.kafka.clients import reader_config
+from omnistream.kafka.offsets import ReadTimedOut, read_to_end, topic_partitions
 from omnistream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointUnavailable(RuntimeError):
+class CheckpointUnavailable(Unreachable):
     """The checkpoint topic could not be read to its end."""
 
 
@@ -81,14 +81,11 @@ def read_checkpoint(
     producer's transaction left open on the topic holds the end back until it times out).
     """
     consumer = Consumer(
-        client_config(
+        reader_config(
             settings,
+            "checkpoint-reader",
             **{
-                # Never commits offsets: a throwaway id keeps it out of any real group.
-                "group.id": f"omnistream-checkpoint-reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
                 "isolation.level": "read_committed",
-                "enable.partition.eof": True,
                 # The end of a small topic is all it waits for; no need to hold each empty fetch 500 ms.
                 "fetch.wait.max.ms": 50,
             },
@@ -97,32 +94,23 @@ def read_checkpoint(
     key = mailbox.encode()
     latest: dict[int, Checkpoint | None] = {}
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        pending = set(partitions)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            if time.monotonic() > deadline:
-                raise CheckpointUnavailable(
-                    f"checkpoint topic {topic} not read to its end within {timeout_s:.0f} s (partitions "
-                    f"{sorted(pending)}): an open transaction of another producer holds back its last stable "
-                    "offset; it ends when that producer commits or its transaction.timeout.ms passes"
-                )
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise KafkaException(error)
+        partitions = topic_partitions(consumer, topic)
+        # No end offsets: under read_committed the end is the last stable offset, which the EOF event marks.
+        records = read_to_end(
+            consumer, topic, dict.fromkeys(partitions, OFFSET_BEGINNING), timeout_s=timeout_s
+        )
+        for msg in records:
             if msg.key() != key:
                 continue
             value = msg.value()
-            partition = msg.partition()
-            assert partition is not None
+            partition: int = msg.partition()  # type: ignore[assignment]  # set on every consumed record
             latest[partition] = None if value is None else Checkpoint.from_avro(decode(value))
+    except ReadTimedOut as exc:
+        raise CheckpointUnavailable(
+            f"checkpoint topic {topic} not read to its end within {timeout_s:.0f} s (partitions "
+            f"{exc.partitions}): an open transaction of another producer holds back its last stable "
+            "offset; it ends when that producer commits or its transaction.timeout.ms passes"
+        ) from exc
     finally:
         consumer.close()
     found = [c for c in latest.values() if c is not None]

@@ -33,6 +33,7 @@ from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from omnistream.errors import OmnistreamError, Unreachable
 from omnistream.settings import MailSettings
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,19 @@ TRANSIENT_IMAP_ERRORS: tuple[type[BaseException], ...] = (OSError, IMAPClientAbo
 IDLE_RENEW_S = 300.0
 
 
-class MailboxError(RuntimeError):
+class MailboxError(OmnistreamError):
     """A mailbox problem a person has to fix (credentials, folder); retrying will not help."""
 
 
-class ImapUnavailable(RuntimeError):
+class ImapUnavailable(Unreachable):
     """The IMAP server stayed unreachable for the whole retry window."""
 
 
-class FolderGone(Exception):
+class FolderGone(OmnistreamError):
     """The folder, open before, cannot be selected now: waited for like an outage (it may be made again)."""
 
 
-class UidValidityChanged(RuntimeError):
+class UidValidityChanged(OmnistreamError):
     """The folder's UIDVALIDITY is not the one its UIDs were read under: each UID means another email now."""
 
     def __init__(self, old: int, new: int) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import ConfigResource
 
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
 from omnistream.settings import Settings
 
 # librdkafka's defaults for message.max.bytes and batch.size.

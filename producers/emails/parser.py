@@ -34,6 +34,7 @@ from email.message import Message
 from html.parser import HTMLParser
 from typing import NamedTuple
 
+from omnistream.errors import OmnistreamError
 from omnistream.money import FORMATS, MoneyFormat, format_percent, parse_percent, round_cents
 from producers.emails.model import OrderLine, Provenance, StoreOrder
 
@@ -64,7 +65,7 @@ _ORDER_NUMBER = re.compile(r"\S+")
 _DISTINCT_FORMATS: tuple[MoneyFormat, ...] = tuple(dict.fromkeys(FORMATS.values()))
 
 
-class ParseError(ValueError):
+class ParseError(OmnistreamError, ValueError):
     """An email that is not a complete, consistent order confirmation; ``reason`` says precisely why."""
 
     def __init__(self, reason: str, message_id: str | None = None, order_number: str | None = None) -> None:

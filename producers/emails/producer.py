@@ -58,13 +58,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NoReturn
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import CollectorRegistry
 
 from omnistream.dead_letter import DeadLetter, capped
-from omnistream.kafka import TopicSpec, ensure_topics, producer_config, registry_client
+from omnistream.errors import OmnistreamError
+from omnistream.kafka import transactions
+from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.transactions import TransactionAbortable, TransactionalProducer, TransactionFailed
 from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
 from omnistream.settings import MailSettings, Settings
 from omnistream.topics import EMAIL_CHECKPOINTS, STORE_ORDERS, dlq
@@ -91,10 +94,11 @@ SCHEMA_MISMATCH = "schema-mismatch"  # parsed, but does not fit schemas/store_or
 PARSER_FAILED = "parser-failed"  # the parser raised something else than ParseError: a bug, shown as one
 TOO_LARGE = "too-large"  # an order record larger than its topic takes
 REFUSED = "refused"  # an order record the broker refused on its own for another reason
-# Error kinds besides librdkafka's own (kafka_<code>).
-TRANSACTION_RETRY = "transaction_retry"  # a batch's transaction aborted and tried again
-COMMIT_RETRY = "commit_retry"  # a retriable commit error, committed again
-INIT_RETRY = "init_retry"  # a retriable error initialising transactions
+# Error kinds besides librdkafka's own (kafka_<code>); the transaction's own retries are named by
+# omnistream.kafka.transactions.
+TRANSACTION_RETRY = transactions.TRANSACTION_RETRY  # a batch's transaction aborted and tried again
+COMMIT_RETRY = transactions.COMMIT_RETRY  # a retriable commit error, committed again
+INIT_RETRY = transactions.INIT_RETRY  # a retriable error initialising transactions
 DELIVERY_FAILED = "delivery"  # a record's delivery report failed (its batch is aborted and retried)
 RECORD_REFUSED = "record_refused"  # the broker refused a record itself (its size); the batch is made again
 ARCHIVE_FAILED = "archive"  # committed emails could not be moved to the archive folder (tried again later)
@@ -106,15 +110,11 @@ RECORD_FAULTS = frozenset(
 PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
-class FatalProducerError(RuntimeError):
-    """The producer cannot go on; the message says what to fix. Nothing uncommitted is visible."""
-
-
-class RecordTooLarge(ValueError):
+class RecordTooLarge(OmnistreamError, ValueError):
     """An order record larger than its topic takes (the dead letter's error class)."""
 
 
-class RecordRefused(RuntimeError):
+class RecordRefused(OmnistreamError):
     """The broker refused an order record produced on its own (the dead letter's error class)."""
 
 
@@ -281,10 +281,9 @@ class EmailProducer:
         )
         self.mailbox = self.reader.url
         self.transactional_id = self.options.transactional_id or default_transactional_id(self.mailbox)
-        self._producer: Producer | None = None
+        self._transactions: TransactionalProducer | None = None
         self._serde: EmailSerde | None = None
         self._cursor: _Cursor | None = None
-        self._in_transaction = False
         self._attempt = 0  # of the current transaction: delivery reports of earlier ones are stale
         self._delivery_errors: list[KafkaError] = []
         self._refused: dict[int, KafkaError] = {}  # record index → what the broker said about it
@@ -327,10 +326,12 @@ class EmailProducer:
             int(config.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES)),
         )
         config["batch.size"] = self._limits.batch_size
-        self._producer = Producer(config)
+        self._transactions = TransactionalProducer(
+            config, attempts=self.options.batch_attempts, on_event=self._on_transaction_event
+        )
         # Fences any earlier producer with this transactional.id and aborts the transaction it left open,
         # which is what makes the checkpoint read below the last committed one.
-        self._init_transactions()
+        self._transactions.init()
         checkpoint = read_checkpoint(
             self.settings, self.topics.checkpoints, self.mailbox, self._serde.read_checkpoint
         )
@@ -358,15 +359,8 @@ class EmailProducer:
     def close(self) -> None:
         """Abort a transaction cut short (by an error or a stop request), flush, log out."""
         try:
-            if self._producer is not None:
-                if self._in_transaction:
-                    try:
-                        self._abort("the producer is closing")
-                    except FatalProducerError as exc:
-                        # Fenced or broken: the broker aborts the transaction on its own (timeout or the
-                        # next instance's init_transactions), so nothing uncommitted becomes visible.
-                        log.warning("could not abort the open transaction: %s", exc)
-                self._producer.flush(30)
+            if self._transactions is not None:
+                self._transactions.close()
         finally:
             self.reader.close()
             self.progress.seconds = time.monotonic() - self._started
@@ -632,73 +626,45 @@ class EmailProducer:
 
     # -- Kafka transactions ----------------------------------------------------------------------------
 
-    def _init_transactions(self) -> None:
-        producer = self._require_producer()
-        for attempt in range(1, self.options.batch_attempts + 1):
-            try:
-                producer.init_transactions(60)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if (
-                    not (isinstance(error, KafkaError) and error.retriable())
-                    or attempt == self.options.batch_attempts
-                ):
-                    self._raise_classified(exc, "initialising transactions", abortable_ok=False)
-                self.metrics.errors.labels(INIT_RETRY).inc()
-                log.warning("initialising transactions: %s; trying again (attempt %d)", error, attempt)
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 10.0))
+    def _on_transaction_event(self, event: str) -> None:
+        if event in (COMMITTED, ABORTED):
+            self.metrics.transactions.labels(event).inc()
+            if event == COMMITTED:
+                self.metrics.last_commit.set_to_current_time()
+        else:
+            self.metrics.errors.labels(event).inc()
 
     def _produce_in_transaction(self, records: list[_Record], uids: list[int], uidvalidity: int) -> None:
         """Produce ``records`` in one transaction; abort and make it again on abortable errors.
 
         A record the broker refused is set aside first (``_set_aside``), so ``records`` is what committed.
         """
-        what = f"UIDs {uids[0]}-{uids[-1]}"
-        failures = 0
-        while True:
+
+        def fill() -> None:
             self._attempt += 1
             self._delivery_errors.clear()
             self._refused.clear()
-            try:
-                self._kafka("beginning a transaction", lambda p: p.begin_transaction(), abortable_ok=False)
-                self._in_transaction = True
-                for index in range(len(records)):
-                    if records[index].kind != CHECKPOINT:
-                        self._pace()
-                    self._produce(records, index, uidvalidity)
-                self._commit()
-                self._in_transaction = False
-                return
-            except _AbortableError as exc:
-                self._abort(str(exc))
-                if self._refused and self._set_aside(records, uidvalidity):
-                    log.warning(
-                        "transaction for %s aborted: %s; making it again without the refusal", what, exc
-                    )
-                    continue  # no outage: the next transaction holds what the broker takes
-                failures += 1
-                self.metrics.errors.labels(TRANSACTION_RETRY).inc()
-                if failures >= self.options.batch_attempts:
-                    raise FatalProducerError(
-                        f"the transaction for {what} failed {failures} times (last: {exc}); is the Kafka "
-                        f"cluster at {self.settings.kafka.bootstrap_servers} healthy? Nothing of this batch "
-                        "was committed."
-                    ) from exc
-                log.warning(
-                    "transaction for %s failed (%s); aborted it, retrying (attempt %d of %d)",
-                    what,
-                    exc,
-                    failures + 1,
-                    self.options.batch_attempts,
-                )
-                time.sleep(min(0.5 * 2 ** (failures - 1), 10.0))
+            for index in range(len(records)):
+                if records[index].kind != CHECKPOINT:
+                    self._pace()
+                self._produce(records, index, uidvalidity)
+
+        def remake(_: TransactionAbortable) -> bool:
+            # No outage: the next transaction holds what the broker takes.
+            return bool(self._refused) and self._set_aside(records, uidvalidity)
+
+        self._require_transactions().run(f"UIDs {uids[0]}-{uids[-1]}", fill, remake)
+        if self._delivery_errors:  # cannot happen after a successful commit; checked all the same
+            raise TransactionFailed(
+                f"records failed delivery in a committed transaction: {self._delivery_errors}"
+            )
 
     def _produce(self, records: list[_Record], index: int, uidvalidity: int) -> None:
-        producer = self._require_producer()
+        transaction = self._require_transactions()
+        producer = transaction.producer
         record = records[index]
         if record.alone:
-            self._flush(f"the records before {record.topic} record {index}")  # not in its batch
+            transaction.flush(f"the records before {record.topic} record {index}")  # not in its batch
         on_delivery = functools.partial(self._on_delivery, self._attempt, index)
         while True:
             try:
@@ -716,20 +682,17 @@ class EmailProducer:
                 elif isinstance(error, KafkaError) and error.code() == KafkaError._STATE:
                     # The transaction failed under it (a delivery failed, or the producer needs a new
                     # epoch after one did): abort it; if the producer itself is broken, the abort says so.
-                    raise _AbortableError(f"producing to {record.topic}: {error}") from exc
+                    raise TransactionAbortable(f"producing to {record.topic}: {error}") from exc
                 if replacement is None:
-                    self._raise_classified(exc, f"producing to {record.topic}")
+                    transaction.raise_classified(exc, f"producing to {record.topic}")
                 records[index] = record = replacement
         producer.poll(0)
         if record.alone:
-            self._flush(f"{record.topic} record {index}")
+            transaction.flush(f"{record.topic} record {index}")
             if index in self._refused:
-                raise _AbortableError(f"{record.topic} refused a record on its own: {self._refused[index]}")
-
-    def _flush(self, what: str) -> None:
-        left = self._require_producer().flush(60)
-        if left:
-            raise _AbortableError(f"{left} records not delivered within 60 s ({what})")
+                raise TransactionAbortable(
+                    f"{record.topic} refused a record on its own: {self._refused[index]}"
+                )
 
     def _on_delivery(self, attempt: int, index: int, err: KafkaError | None, msg: Message) -> None:
         if err is None or attempt != self._attempt or err.code() in PURGED:
@@ -781,74 +744,10 @@ class EmailProducer:
         except KafkaException as exc:  # the broker that just answered is away again: the old limits do
             log.warning("could not read the topics' max.message.bytes again: %s", exc)
 
-    def _commit(self) -> None:
-        producer = self._require_producer()
-        attempts = self.options.batch_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                producer.commit_transaction(60)
-            except KafkaException as exc:
-                error = exc.args[0]
-                # A retriable commit error leaves the transaction as it was: committing again is safe.
-                if (
-                    error.retriable()
-                    and not error.txn_requires_abort()
-                    and not error.fatal()
-                    and attempt < attempts
-                ):
-                    self.metrics.errors.labels(COMMIT_RETRY).inc()
-                    log.warning("committing the transaction: %s; trying again", error)
-                    continue
-                self._raise_classified(exc, "committing the transaction")
-            self.metrics.transactions.labels(COMMITTED).inc()
-            self.metrics.last_commit.set_to_current_time()
-            if self._delivery_errors:  # cannot happen after a successful commit; checked all the same
-                raise FatalProducerError(
-                    f"records failed delivery in a committed transaction: {self._delivery_errors}"
-                )
-            return
-
-    def _abort(self, why: str) -> None:
-        producer = self._require_producer()
-        try:
-            producer.abort_transaction(60)
-        except KafkaException as exc:
-            self._raise_classified(exc, f"aborting the transaction ({why})", abortable_ok=False)
-        finally:
-            # Counted even when the abort request fails: the broker aborts it then (timeout or fencing).
-            self.metrics.transactions.labels(ABORTED).inc()
-            self._in_transaction = False
-
-    def _kafka(self, what: str, call: Callable[[Producer], Any], abortable_ok: bool = True) -> Any:
-        try:
-            return call(self._require_producer())
-        except KafkaException as exc:
-            self._raise_classified(exc, what, abortable_ok)
-
-    def _raise_classified(self, exc: KafkaException, what: str, abortable_ok: bool = True) -> NoReturn:
-        error = exc.args[0] if exc.args else None
-        if not isinstance(error, KafkaError):
-            raise FatalProducerError(f"Kafka error while {what}: {exc}") from exc
-        if error.code() == KafkaError._FENCED or error.code() == KafkaError.PRODUCER_FENCED:
-            raise FatalProducerError(
-                f"another producer with transactional.id {self.transactional_id!r} took over while {what}: "
-                "only one producer may run per mailbox folder. Stop the other one (or give this one its own "
-                "--transactional-id if it reads another mailbox)."
-            ) from exc
-        if error.fatal():
-            raise FatalProducerError(f"fatal Kafka error while {what}: {error}") from exc
-        if abortable_ok and (error.txn_requires_abort() or error.retriable()):
-            raise _AbortableError(f"{what}: {error}") from exc
-        if error.code() == KafkaError._TIMED_OUT:
-            raise FatalProducerError(
-                f"timed out {what}: is the Kafka cluster at {self.settings.kafka.bootstrap_servers} up?"
-            ) from exc
-        raise FatalProducerError(f"Kafka error while {what}: {error}") from exc
-
-    def _require_producer(self) -> Producer:
-        if self._producer is None:
+    def _require_transactions(self) -> TransactionalProducer:
+        if self._transactions is None:
             raise RuntimeError("EmailProducer.start() first")
-        return self._producer
+        return self._transactions
 
     def _pace(self) -> None:
         """Hold to ``max_rate`` emails per second, if one is set."""
@@ -859,7 +758,3 @@ class EmailProducer:
             time.sleep(self._next_send - now)
             now = self._next_send
         self._next_send = now + 1.0 / self.options.max_rate
-
-
-class _AbortableError(Exception):
-    """The current transaction failed but a new one may succeed."""

@@ -8,7 +8,7 @@ An order is checked against its schema before it is written (``RecordDoesNotFit`
 not fit): fastavro refuses some misfits with a bare ``ValueError`` (a decimal with more digits than the
 schema's precision) and writes others without a word (an ``int`` beyond 32 bits, which readers then cannot
 read). A misfit is the record's fault and becomes a dead letter; only the registry being away is an outage
-(``RegistryUnavailable``).
+(``omnistream.kafka.registry.RegistryUnreachable``).
 """
 
 from __future__ import annotations
@@ -18,102 +18,34 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import fastavro
-import httpx
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, topic_subject_name_strategy
+from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 from fastavro.validation import ValidationError
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from omnistream.dead_letter import DeadLetter, dead_letter_to_dict
-from omnistream.kafka import load_schema
+from omnistream.errors import OmnistreamError
+from omnistream.kafka.registry import register_schema, value_subject, with_registry
+from omnistream.kafka.serde import load_schema
 from producers.emails.checkpoint import Checkpoint, checkpoint_to_dict
 from producers.emails.model import StoreOrder
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ORDER_SCHEMA = "store_order"
 CHECKPOINT_SCHEMA = "email_checkpoint"
 DEAD_LETTER_SCHEMA = "dead_letter"
 
 
-# omnistream.kafka.registry_client's requests time out; a registry that keeps timing out (or answering
-# 5xx) for this long is down.
-REGISTRY_RETRY_FOR_S = 120
-
-
-class SchemaRejected(RuntimeError):
-    """The registry refused a schema (most often: not BACKWARD-compatible with the subject's last version)."""
-
-
-class RegistryUnavailable(RuntimeError):
-    """The schema registry did not answer within the retry window."""
-
-
-class RecordDoesNotFit(ValueError):
+class RecordDoesNotFit(OmnistreamError, ValueError):
     """A record its schema cannot hold (a value out of a field's range or of the wrong type)."""
 
 
 # At most this many misfits are named in a reason; the first is usually the cause of the others.
 MISFITS_NAMED = 3
-
-
-def _registry_unreachable(exc: BaseException) -> bool:
-    if isinstance(exc, SchemaRegistryError):
-        return exc.http_status_code >= 500 or exc.http_status_code < 0
-    return isinstance(exc, (OSError, httpx.TransportError))
-
-
-_registry_retry = retry(
-    retry=retry_if_exception(_registry_unreachable),
-    wait=wait_exponential(multiplier=0.5, max=10),
-    stop=stop_after_delay(REGISTRY_RETRY_FOR_S),
-    before_sleep=lambda state: log.warning(
-        "schema registry unavailable (%s); retry %d",
-        state.outcome.exception() if state.outcome else None,
-        state.attempt_number,
-    ),
-    reraise=True,
-)
-
-
-def _with_registry(what: str, call: Callable[[], T]) -> T:
-    """``call()``, retried while the registry is unreachable; ``RegistryUnavailable`` if it stays so."""
-    try:
-        return _registry_retry(call)()
-    except Exception as exc:
-        if _registry_unreachable(exc):
-            raise RegistryUnavailable(
-                f"the schema registry did not answer for {REGISTRY_RETRY_FOR_S} s while {what} "
-                f"({type(exc).__name__}: {exc}); check that it is running (omnistream stack status) and "
-                "OMNISTREAM_REGISTRY__HOST / OMNISTREAM_REGISTRY__PORT"
-            ) from exc
-        raise
-
-
-def register(registry: SchemaRegistryClient, subject: str, schema_name: str) -> int:
-    """Register ``schemas/<schema_name>.avsc`` under ``subject``; returns its id (idempotent)."""
-    schema = Schema(load_schema(schema_name), "AVRO")
-    try:
-        schema_id = _with_registry(
-            f"registering {subject}", lambda: registry.register_schema(subject, schema)
-        )
-    except SchemaRegistryError as exc:
-        raise SchemaRejected(
-            f"the schema registry refused schemas/{schema_name}.avsc for subject {subject!r}: {exc}. "
-            "The registry enforces BACKWARD compatibility: add fields with defaults, or write to new topics."
-        ) from exc
-    log.info("schema %s registered under %s (id %d)", schema_name, subject, schema_id)
-    return schema_id
-
-
-def value_subject(topic: str) -> str:
-    return f"{topic}-value"
 
 
 _INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
@@ -239,7 +171,7 @@ class EmailSerde:
             (dead_letters, DEAD_LETTER_SCHEMA),
             (checkpoints, CHECKPOINT_SCHEMA),
         ):
-            register(registry, value_subject(topic), name)
+            register_schema(registry, value_subject(topic), name)
 
         def serializer(name: str, to_dict: Callable[[Any, Any], dict[str, Any]] | None) -> AvroSerializer:
             # The subjects registered above, named by the topic-name strategy: no association lookups.
@@ -273,11 +205,10 @@ class EmailSerde:
     def checkpoint(self, checkpoint: Checkpoint) -> bytes:
         return self._serialize(self._checkpoint, checkpoint, self.checkpoints_topic)
 
-    @_registry_retry
     def read_checkpoint(self, value: bytes) -> dict[str, Any]:
-        record = self._checkpoint_reader(
-            value, SerializationContext(self.checkpoints_topic, MessageField.VALUE)
-        )
+        context = SerializationContext(self.checkpoints_topic, MessageField.VALUE)
+        # Its writer schema is looked up in the registry.
+        record = with_registry("reading the checkpoint", lambda: self._checkpoint_reader(value, context))
         assert isinstance(record, dict)
         return record
 
@@ -285,6 +216,6 @@ class EmailSerde:
     def _serialize(serializer: AvroSerializer, obj: object, topic: str) -> bytes:
         ctx = SerializationContext(topic, MessageField.VALUE)
         # The first record of a topic looks its schema id up in the registry.
-        value = _with_registry(f"serializing for {topic}", lambda: serializer(obj, ctx))
+        value = with_registry(f"serializing for {topic}", lambda: serializer(obj, ctx))
         assert value is not None  # only None in, None out
         return value

@@ -20,6 +20,8 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_base, wait_exponential_jitter
 
+from omnistream.errors import OmnistreamError, Unreachable
+
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
@@ -28,7 +30,7 @@ TOKEN_VARIABLE = "OMNISTREAM_API__TOKEN"
 RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
-class ApiError(Exception):
+class ApiError(OmnistreamError):
     """The API refused the request for a reason retrying cannot fix; the message says what to change."""
 
 
@@ -36,11 +38,11 @@ class ApiAuthError(ApiError):
     """The API rejected the bearer token."""
 
 
-class ApiUnavailable(Exception):
+class ApiUnavailable(Unreachable):
     """The API kept failing with transient errors until the retries ran out."""
 
 
-class TransientApiError(Exception):
+class TransientApiError(OmnistreamError):
     """One answer worth retrying: 408, 429 or 5xx, with the server's ``Retry-After`` if it sent one."""
 
     def __init__(self, status: int, detail: str, retry_after: float | None) -> None:

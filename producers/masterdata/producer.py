@@ -26,18 +26,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.schema_registry import (
-    Schema,
-    SchemaRegistryClient,
-    SchemaRegistryError,
-    topic_subject_name_strategy,
-)
+from confluent_kafka.schema_registry import topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client import CollectorRegistry
 
 from omnistream.dead_letter import DeadLetter, dead_letter_to_dict
-from omnistream.kafka import TopicSpec, ensure_topics, load_schema, producer_config
+from omnistream.errors import OmnistreamError
+from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config
+from omnistream.kafka.registry import register_schema, registry_client, value_subject
+from omnistream.kafka.serde import load_schema
 from omnistream.metrics import PipelineMetrics, counter, gauge
 from omnistream.settings import Settings
 from omnistream.topics import dlq
@@ -48,9 +46,6 @@ from producers.masterdata.state import TopicState, read_topic_state
 
 log = logging.getLogger(__name__)
 
-# Seconds per registry request; the client retries a request that times out. Without a timeout, a registry
-# that stops answering would stall the producer forever.
-REGISTRY_TIMEOUT_S = 15
 # Subjects are `<topic>-value` (Confluent's TopicNameStrategy), named explicitly so that no serializer asks
 # the registry for topic associations first, which Confluent-compatible registries do not all serve.
 SERDE_CONF = {"subject.name.strategy": topic_subject_name_strategy}
@@ -65,12 +60,8 @@ COMPLETE = "complete"
 FAILED = "failed"
 
 
-class SnapshotFailed(Exception):
+class SnapshotFailed(OmnistreamError):
     """Kafka did not take the snapshot's records; the snapshot is incomplete and published no tombstone."""
-
-
-class SchemaRejected(Exception):
-    """The registry refused an entity's schema (most likely a change that is not BACKWARD compatible)."""
 
 
 class MasterDataMetrics(PipelineMetrics):
@@ -181,7 +172,7 @@ class MasterDataProducer:
         self.client = client
         self.options = options or SnapshotOptions()
         self.metrics = metrics or MasterDataMetrics()
-        self._registry = SchemaRegistryClient({"url": settings.registry.url, "timeout": REGISTRY_TIMEOUT_S})
+        self._registry = registry_client(settings)
         self._producer = Producer(
             producer_config(settings, error_cb=self.metrics.kafka_error_callback("master-data producer", log))
         )
@@ -219,8 +210,8 @@ class MasterDataProducer:
         for spec in todo:
             topic = topics[spec.name]
             text = load_schema(spec.schema)
-            self._register(topic, spec.schema, text)
-            self._register(dlq(topic), DEAD_LETTER_SCHEMA, dead_letter_text)
+            register_schema(self._registry, value_subject(topic), spec.schema)
+            register_schema(self._registry, value_subject(dlq(topic)), DEAD_LETTER_SCHEMA)
             serializer_conf = {"auto.register.schemas": False, **SERDE_CONF}
             self._channels[spec.name] = _Channel(
                 spec,
@@ -231,17 +222,6 @@ class MasterDataProducer:
                 AvroDeserializer(self._registry, text, conf=SERDE_CONF),
                 AvroSerializer(self._registry, dead_letter_text, dead_letter_to_dict, conf=serializer_conf),
             )
-
-    def _register(self, topic: str, schema_name: str, text: str) -> None:
-        subject = f"{topic}-value"
-        try:
-            schema_id = self._registry.register_schema(subject, Schema(text, "AVRO"))
-        except SchemaRegistryError as exc:
-            raise SchemaRejected(
-                f"the schema registry refused schemas/{schema_name}.avsc for subject {subject}: {exc}; "
-                "a schema change must stay BACKWARD compatible (new fields need defaults)"
-            ) from exc
-        log.info("schema %s registered for %s (id %d)", schema_name, subject, schema_id)
 
     def snapshot(
         self,

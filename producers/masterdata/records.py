@@ -15,13 +15,15 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from omnistream.errors import OmnistreamError
+
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FIELDS = ("snapshot_id", "snapshot_at")
 _SIMPLE_KINDS = {"string": str, "long": int, "int": int, "boolean": bool}
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(OmnistreamError, ValueError):
     """An API item that does not fit the entity's schema."""
 
 

@@ -12,10 +12,8 @@ from typing import Any
 import duckdb
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dbt"))
-from dbt_fixture_data import online_orders, store_orders
-
 from simulators.history import generate_history
+from tests.support.dbt_fixtures import online_orders, store_orders
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "airflow" / "dags"
 DAG_IDS = {"omnistream_dbt", "omnistream_history_load"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from dbt_fixture_data import Warehouse, write_sources
 
 from omnistream.warehouse.dbt import DbtRun, run_dbt
+from tests.support.dbt_fixtures import Warehouse, write_sources
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 
-from dbt_fixture_data import Warehouse
-
 from omnistream.warehouse.dbt import run_dbt
+from tests.support.dbt_fixtures import Warehouse
 
 
 def test_build_runs_every_node_without_failure(warehouse: Warehouse) -> None:

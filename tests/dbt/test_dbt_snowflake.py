@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import snowflake.connector
-from dbt_fixture_data import Totals, load_snowflake_table, write_sources
 
 from omnistream.warehouse.dbt import DbtRun, run_dbt
 from omnistream.warehouse.history_load import (
@@ -33,6 +32,7 @@ from omnistream.warehouse.history_load import (
     list_history_files,
     load_history_snowflake,
 )
+from tests.support.dbt_fixtures import Totals, load_snowflake_table, write_sources
 
 DATABASE = "OMNISTREAM"
 START_DEADLINE_S = 60.0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
 from omnistream.settings import MailSettings, Settings
 from producers.emails.producer import EmailTopics
 from simulators.masterdata import write_reference

@@ -24,7 +24,8 @@ from psycopg import sql
 
 from omnistream.connect import deploy
 from omnistream.connect.client import ConnectClient
-from omnistream.kafka import admin, client_config, registry_client
+from omnistream.kafka.clients import admin, client_config
+from omnistream.kafka.registry import registry_client
 from omnistream.settings import Settings
 from tests.support.cdc_sandbox import CdcSandbox, cdc_sandbox
 

@@ -37,7 +37,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
-from omnistream.kafka import client_config, registry_client
+from omnistream.kafka.clients import client_config
+from omnistream.kafka.registry import registry_client
 from omnistream.settings import Settings
 from omnistream.shop_schema import SHOP_SCHEMA, use_schema
 from omnistream.stack.manager import Stack

@@ -8,21 +8,17 @@ are renamed to the pipeline's topic names before dbt reads them (the files insid
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from tests.support.sink import AvroProducer, drain, new_topic
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dbt"))
-from dbt_fixture_data import SCHEMAS, master_data, store_orders
-
 from omnistream import topics
 from omnistream.settings import Settings
 from omnistream.warehouse.dbt import DbtRun, run_dbt
+from tests.support.dbt_fixtures import SCHEMAS, master_data, store_orders
+from tests.support.sink import AvroProducer, drain, new_topic
 
 pytestmark = pytest.mark.integration
 

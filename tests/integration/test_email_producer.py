@@ -27,11 +27,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
+from omnistream.kafka.transactions import Fenced
 from omnistream.manifest import read_totals
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import ImapUnavailable, MailboxError, MailboxReader
-from producers.emails.producer import EmailProducer, EmailTopics, FatalProducerError, ProducerOptions
+from producers.emails.producer import EmailProducer, EmailTopics, ProducerOptions
 from simulators.email_sender import MANIFEST_NAME, EmailsConfig, send_emails
 from tests.support.email import read_topics, wait_for_mail
 
@@ -434,7 +435,7 @@ def test_a_second_instance_fences_the_first(
     first.start()
     try:
         with new_producer(stack_settings, mailbox, topics, f"test-{unique}") as second:
-            with pytest.raises(FatalProducerError, match="took over"):
+            with pytest.raises(Fenced, match="took over"):
                 first.drain()
             assert second.drain().produced == 3
     finally:

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from omnistream.kafka import TopicSpec, ensure_topics
+from omnistream.kafka.clients import TopicSpec, ensure_topics
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.imap import MailboxReader

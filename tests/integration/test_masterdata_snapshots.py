@@ -12,30 +12,23 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
-from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from omnistream.kafka import admin, client_config
+from omnistream.kafka.clients import admin, client_config
 from omnistream.settings import Settings
 from omnistream.topics import dlq
 from producers.masterdata.client import ApiAuthError, ApiClient, ApiUnavailable, RetryPolicy
 from producers.masterdata.entities import ENTITY_SPECS, EntitySpec, topic_names
 from producers.masterdata.producer import EntityReport, MasterDataProducer, SnapshotOptions, SnapshotReport
-from simulators.api import FaultConfig, FaultInjector, api_state, create_app, stop_app
+from simulators.api import FaultConfig
 from simulators.masterdata import (
     ENTITIES,
     PRODUCTS,
@@ -44,60 +37,16 @@ from simulators.masterdata import (
     read_table,
     write_table,
 )
+from tests.support.masterdata import TOKEN, Served, read_topic, serving
 
 pytestmark = pytest.mark.integration
 
 SEED = 42
-TOKEN = "masterdata-test-token"
 ALL = list(ENTITY_SPECS.values())
 CUSTOMERS = [ENTITY_SPECS["customers"]]
 QUICK = RetryPolicy(max_attempts=6, initial_s=0.01, max_backoff_s=0.05, timeout_s=10)
 DRIFT = DriftConfig(seed=SEED, moves=5, price_changes=4, new_products=2, deactivations=3, deletions=3)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Served:
-    app: Flask
-    server: BaseWSGIServer
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    @property
-    def port(self) -> int:
-        return self.server.server_port
-
-    @property
-    def store(self) -> MasterData:
-        return api_state(self.app).store
-
-    def set_faults(self, faults: FaultConfig | None) -> None:
-        api_state(self.app).faults = FaultInjector(faults) if faults is not None else None
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket: new connections are refused."""
-        if self.thread.is_alive():
-            self.server.shutdown()
-            self.thread.join()
-            self.server.server_close()
-
-
-@contextmanager
-def serving(data_dir: Path, faults: FaultConfig | None = None) -> Iterator[Served]:
-    """The simulator over real HTTP on a free loopback port, for the duration of the block."""
-    app = create_app(data_dir, TOKEN, faults=faults)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    served = Served(app, server, thread)
-    try:
-        yield served
-    finally:
-        served.stop()
-        stop_app(app)
 
 
 @pytest.fixture
@@ -120,45 +69,6 @@ def snapshot(
     opts = SnapshotOptions(page_size=options.pop("page_size", 250), topics=topic_names(prefix), **options)
     with ApiClient(url, token, retry) as client, MasterDataProducer(settings, client, opts) as producer:
         return producer.snapshot(specs, on_progress=on_progress)
-
-
-def read_topic(settings: Settings, topic: str) -> list[tuple[str, dict[str, Any] | None]]:
-    """Every (key, value) in ``topic`` up to its current end, by partition and offset.
-
-    Values are decoded with the writer's schema from the registry, nothing else.
-    """
-    registry = SchemaRegistryClient({"url": settings.registry.url, "timeout": 15})
-    deserializer = AvroDeserializer(registry)
-    ctx = SerializationContext(topic, MessageField.VALUE)
-    consumer = Consumer(
-        client_config(settings, **{"group.id": f"reader-{topic}", "enable.auto.commit": False})
-    )
-    records: list[tuple[int, int, str, dict[str, Any] | None]] = []
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        ends = {}
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-        deadline = time.monotonic() + 60
-        while ends and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            partition, offset, key, raw = msg.partition(), msg.offset(), msg.key(), msg.value()
-            assert partition is not None and offset is not None and isinstance(key, bytes)
-            value = deserializer(raw, ctx) if raw is not None else None
-            records.append((partition, offset, key.decode(), value))
-            if offset >= ends[partition] - 1:
-                del ends[partition]
-        assert not ends, f"{topic} not read to its end"
-    finally:
-        consumer.close()
-    return [(key, value) for _, _, key, value in sorted(records, key=lambda r: r[:2])]
 
 
 def latest(records: list[tuple[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any] | None]:

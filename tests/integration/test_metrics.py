@@ -24,9 +24,8 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
-from test_masterdata_snapshots import TOKEN, read_topic, serving
 
-from omnistream.kafka import producer_config
+from omnistream.kafka.clients import producer_config
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.producer import EmailTopics
@@ -35,6 +34,7 @@ from simulators.api import FaultConfig, FaultInjector, api_state
 from simulators.email_sender import EmailsConfig, send_emails
 from simulators.masterdata import PRODUCTS, DriftConfig, read_table, write_reference, write_table
 from tests.support.email import read_topics, wait_for_mail
+from tests.support.masterdata import TOKEN, read_topic, serving
 from tests.support.sink import AvroProducer, dead_letters, landed, new_topic, order, poll_until, sink_process
 
 pytestmark = pytest.mark.integration

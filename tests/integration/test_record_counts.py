@@ -16,7 +16,6 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, Message, P
 from typer.testing import CliRunner
 
 from omnistream.cli import app
-from omnistream.inspect.offsets import partition_offsets
 from omnistream.inspect.records import (
     PartitionLag,
     consumer_groups,
@@ -25,7 +24,8 @@ from omnistream.inspect.records import (
     partition_counts,
     record_counts,
 )
-from omnistream.kafka import admin, producer_config
+from omnistream.kafka.clients import admin, producer_config
+from omnistream.kafka.offsets import partition_offsets
 from omnistream.settings import Settings
 from tests.support.sink import new_topic, read_topic
 

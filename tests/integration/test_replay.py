@@ -19,8 +19,9 @@ from fastavro import parse_schema, schemaless_writer
 from typer.testing import CliRunner, Result
 
 from omnistream.cli import app
-from omnistream.inspect.offsets import committed_offsets
-from omnistream.kafka import admin, registry_client
+from omnistream.kafka.clients import admin
+from omnistream.kafka.offsets import committed_offsets
+from omnistream.kafka.registry import registry_client
 from omnistream.replay.dead_letters import default_group
 from omnistream.settings import Settings
 from omnistream.sink.batch import RejectedRecord

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from omnistream.cli import app
 from omnistream.gcs import ensure_bucket, storage_client
-from omnistream.inspect.offsets import committed_offsets, partition_offsets
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
+from omnistream.kafka.offsets import committed_offsets, partition_offsets
 from omnistream.settings import Settings
 from omnistream.sink.consumer import FILE_METADATA_KEY, LandingSink
 from omnistream.sink.lag import sink_status
@@ -166,7 +166,7 @@ def test_undecodable_records_go_to_the_dlq_with_a_reason_and_the_rest_keep_flowi
         assert letter["topic"] == topic and letter["source"] == f"kafka://{topic}"
         assert letter["source_id"] == f"{topic}/0/{offset}"
         assert letter["attributes"]["partition"] == "0" and letter["attributes"]["stage"] == "landing"
-        assert letter["error_class"] == "omnistream.sink.avro.UndecodableRecord"
+        assert letter["error_class"] == "omnistream.kafka.serde.UndecodableRecord"
         assert letter["failed_at"].tzinfo is not None
     assert by_offset[1][0].headers == (("source", b"test"),)
 

@@ -14,7 +14,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from typer.testing import CliRunner
 
 from omnistream.cli import app
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
 from omnistream.settings import Settings
 from tests.support.sink import AvroProducer, new_topic, order, read_topic
 
@@ -76,7 +76,7 @@ def test_describe_shows_offsets_and_each_groups_lag(
         )
 
     missing = CliRunner().invoke(app, ["topics", "describe", f"{topic}.absent"])
-    assert missing.exit_code == 1 and "no topic" in missing.output
+    assert missing.exit_code == 2 and f"no such topic: {topic}.absent" in missing.output
 
 
 def test_tail_decodes_the_last_records_through_the_registry(stack_settings: Settings, topic: str) -> None:

@@ -21,7 +21,7 @@ from psycopg import sql
 from omnistream.connect import deploy, postgres
 from omnistream.connect.client import ConnectClient, ConnectorNotFound
 from omnistream.connect.config import CONNECT_DIR, ConnectorFile, load_file
-from omnistream.kafka import admin
+from omnistream.kafka.clients import admin
 from omnistream.settings import Settings
 from omnistream.shop_schema import ensure_shop_schema
 

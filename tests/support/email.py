@@ -27,7 +27,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from imapclient import IMAPClient
 from pydantic import SecretStr
 
-from omnistream.kafka import registry_client
+from omnistream.kafka.registry import registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.producer import EmailTopics

@@ -26,17 +26,17 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
-    KafkaException,
     Message,
     Producer,
-    TopicPartition,
 )
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from omnistream.kafka import TopicSpec, client_config, ensure_topics, producer_config, registry_client
+from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config, reader_config
+from omnistream.kafka.offsets import read_to_end, topic_partitions, watermarks
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import headers_of
 from omnistream.settings import Settings
-from omnistream.sink.batch import headers_of
 from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
 from omnistream.sink.layout import overlapping, parse_file_name
 from omnistream.sink.store import LocalStore
@@ -172,41 +172,23 @@ def header(record: Record, name: str) -> str:
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Record]:
     """Every record of ``topic``, in (partition, offset) order."""
-    consumer = Consumer(
-        client_config(
-            settings,
-            **{"group.id": f"reader-{topic}", "enable.auto.commit": False, "enable.partition.eof": True},
-        )
-    )
+    consumer = Consumer(reader_config(settings, "test-reader"))
     try:
-        partitions = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        pending = {
-            p
-            for p in partitions
-            if consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] > 0
+        partitions = topic_partitions(consumer, topic)
+        starts = {
+            p: OFFSET_BEGINNING for p, (_, high) in watermarks(consumer, topic, partitions).items() if high
         }
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-        out: list[Record] = []
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(err)
-                    pending.discard(msg.partition())
-                    continue
-                out.append(
-                    Record(
-                        msg.partition(),  # type: ignore[arg-type]
-                        msg.offset(),  # type: ignore[arg-type]
-                        msg.key(),
-                        msg.value(),
-                        tuple(headers_of(msg)),
-                        msg.timestamp()[1],
-                    )
-                )
-        assert not pending, f"{topic}: partitions {pending} not read to the end"
+        out = [
+            Record(
+                msg.partition(),  # type: ignore[arg-type]
+                msg.offset(),  # type: ignore[arg-type]
+                msg.key(),
+                msg.value(),
+                tuple(headers_of(msg)),
+                msg.timestamp()[1],
+            )
+            for msg in read_to_end(consumer, topic, starts, timeout_s=timeout_s)
+        ]
     finally:
         consumer.close()
     return sorted(out, key=lambda r: (r.partition, r.offset))

@@ -20,7 +20,7 @@ import fastavro
 import pytest
 
 from omnistream.dead_letter import REASON_LIMIT, DeadLetter, capped
-from omnistream.kafka import load_schema
+from omnistream.kafka.serde import load_schema
 from omnistream.money import FORMATS, format_money, parse_percent, round_cents
 from producers.emails.checkpoint import Checkpoint
 from producers.emails.limits import RECORD_FRAMING_BYTES, RecordLimits

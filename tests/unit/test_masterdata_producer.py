@@ -16,7 +16,7 @@ import pytest
 from tenacity import RetryCallState, Retrying
 
 from omnistream import topics
-from omnistream.kafka import load_schema
+from omnistream.kafka.serde import load_schema
 from producers.masterdata.client import (
     ApiClient,
     ApiUnavailable,

@@ -1,4 +1,4 @@
-"""Counting plans of ``omnistream.inspect.records``: windows, caps, shared reads, early ends; no services."""
+"""Counting plans of ``omnistream.kafka.record_counts``: windows, caps, shared reads, early ends."""
 
 from __future__ import annotations
 
@@ -6,14 +6,9 @@ import socket
 
 import pytest
 
-from omnistream.inspect.records import (
-    KafkaUnavailableError,
-    OffsetRange,
-    PartitionTally,
-    RecordCount,
-    consumer_groups,
-    shown,
-)
+from omnistream.inspect.records import consumer_groups
+from omnistream.kafka.clients import KafkaUnreachable
+from omnistream.kafka.record_counts import OffsetRange, PartitionTally, RecordCount, shown
 from omnistream.settings import KafkaSettings, Settings
 
 
@@ -83,5 +78,5 @@ def test_an_unreachable_cluster_is_a_clear_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens on it once closed
     settings = Settings(kafka=KafkaSettings(port=port))
-    with pytest.raises(KafkaUnavailableError, match=f"127.0.0.1:{port} did not answer.*omnistream stack up"):
+    with pytest.raises(KafkaUnreachable, match=f"127.0.0.1:{port} did not answer.*omnistream stack up"):
         consumer_groups(settings)

@@ -15,8 +15,9 @@ import pyarrow as pa
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_writer
 
-from omnistream.sink.avro import SchemaCache, WriterSchema
+from omnistream.kafka.serde import SchemaCache, WriterSchema
 from omnistream.sink.batch import build_batch
+from omnistream.sink.landing_schemas import LandingSchemas
 
 V1 = {
     "type": "record",
@@ -30,11 +31,11 @@ V2 = {**V1, "fields": [*V1["fields"], {"name": "channel", "type": "string", "def
 KEY = {"type": "record", "name": "Key", "fields": [{"name": "order_id", "type": "long"}]}
 
 
-def _cache() -> SchemaCache:
+def _cache() -> LandingSchemas:
     cache = SchemaCache(registry=None)  # type: ignore[arg-type]  # every id is known below
     for schema_id, schema in ((1, V1), (2, V2), (9, KEY)):
         cache.add(WriterSchema(schema_id, json.dumps(schema)))
-    return cache
+    return LandingSchemas(cache)
 
 
 def _wire(schema_id: int, schema: dict[str, Any], value: dict[str, Any]) -> bytes:

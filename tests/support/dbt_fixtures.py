@@ -40,12 +40,13 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from omnistream import topics
-from omnistream.kafka import SCHEMAS_DIR, load_schema
+from omnistream.kafka.registry import registry_client
+from omnistream.kafka.serde import SCHEMAS_DIR, SchemaCache, json_default, load_schema, schema_id_of, to_json
 from omnistream.manifest import Manifest
 from omnistream.reconcile import MANIFEST_NAME, expected_totals, source_truth
-from omnistream.sink.arrow import json_default, to_json
-from omnistream.sink.avro import SchemaCache, schema_id_of
+from omnistream.settings import get_settings
 from omnistream.sink.batch import build_batch
+from omnistream.sink.landing_schemas import LandingSchemas
 from omnistream.sink.layout import LandedFile
 from omnistream.sink.store import LocalStore
 from omnistream.warehouse.dbt import DbtRun
@@ -65,7 +66,7 @@ from simulators.orders import OrdersConfig, OrdersRun, create_record, delete_rec
 from simulators.reference import build_reference
 
 SCHEMAS = SCHEMAS_DIR  # the producers' value schemas (schemas/*.avsc)
-DEBEZIUM_SCHEMAS = Path(__file__).resolve().parent / "debezium"
+DEBEZIUM_SCHEMAS = Path(__file__).resolve().parents[1] / "dbt" / "debezium"
 MAILBOX = "imap://confirmations@127.0.0.1:13143/INBOX"
 RECIPIENT = "confirmations@omnistream.local"
 MAIL_DOMAIN = "stores.omnistream.local"
@@ -73,12 +74,19 @@ UIDVALIDITY = 1
 
 
 def fixture_registry() -> SchemaRegistryClient:
-    """An in-memory schema registry (confluent-kafka's mock), shared by the serializers and the sink."""
-    return SchemaRegistryClient.new_client({"url": "mock://dbt-fixtures"})
+    """The local stack's schema registry, shared by the serializers and the sink's decoder."""
+    return registry_client(get_settings())
+
+
+def fixture_subject(ctx: SerializationContext, record_name: str | None) -> str:
+    # Subjects of their own: the fixtures' Debezium schemas must not become versions of the subjects the
+    # stack's real connector registers under the same topic names.
+    return f"dbt-fixtures.{ctx.topic}-{ctx.field}"
 
 
 def avro_serializer(registry: SchemaRegistryClient, schema_text: str) -> AvroSerializer:
-    return AvroSerializer(registry, schema_text, conf={"auto.register.schemas": True})
+    conf = {"auto.register.schemas": True, "subject.name.strategy": fixture_subject}
+    return AvroSerializer(registry, schema_text, conf=conf)
 
 
 def debezium_schema(name: str) -> str:
@@ -126,18 +134,16 @@ class Topic:
             return None
         if record.serialized is not None:
             return record.serialized
-        serialized: bytes = self._value_serializer(
-            record.value, SerializationContext(self.name, MessageField.VALUE)
-        )
+        serialized = self._value_serializer(record.value, SerializationContext(self.name, MessageField.VALUE))
+        assert serialized is not None  # a value that is not None serializes to bytes
         return serialized
 
     def serialized_key(self, record: Record) -> bytes:
         if self._key_serializer is None:
             assert isinstance(record.key, str)
             return record.key.encode()
-        serialized: bytes = self._key_serializer(
-            record.key, SerializationContext(self.name, MessageField.KEY)
-        )
+        serialized = self._key_serializer(record.key, SerializationContext(self.name, MessageField.KEY))
+        assert serialized is not None
         return serialized
 
     def message(self, record: Record, offset: int) -> Message:
@@ -158,13 +164,13 @@ class Topic:
         for record in self.records:
             by_partition[record.partition].append(record)
         store = LocalStore(root)
-        cache = SchemaCache(self.registry)
+        schemas = LandingSchemas(SchemaCache(self.registry))
         landed = []
         for partition, records in sorted(by_partition.items()):
             for start in range(0, len(records), rows_per_file):
                 chunk = records[start : start + rows_per_file]
                 msgs = [self.message(r, start + i) for i, r in enumerate(chunk)]
-                batch = build_batch(self.name, partition, msgs, cache)
+                batch = build_batch(self.name, partition, msgs, schemas)
                 assert not batch.rejected, batch.rejected
                 file = LandedFile(self.name, partition, start, start + len(chunk) - 1)
                 store.commit(file, batch.table)
@@ -175,7 +181,7 @@ class Topic:
     def columns(self) -> pa.Schema:
         """The value columns the sink lands (and the Snowflake connector's schematized columns)."""
         value = next(v for v in map(self.serialized_value, self.records) if v is not None)
-        return SchemaCache(self.registry).landing_schema(value).arrow_schema
+        return LandingSchemas(SchemaCache(self.registry)).of(value).arrow_schema
 
 
 def kafka_partition(key: str, partitions: int) -> int:
@@ -410,7 +416,7 @@ def master_data(
     ]
     publish("products", repriced, second)
     customer_ids = sorted(tables["customers"])
-    deactivated, deleted = customer_ids[1], customer_ids[2]
+    deactivated, deleted = int(customer_ids[1]), int(customer_ids[2])
     publish(
         "customers", [{**tables["customers"][deactivated], "active": False, "updated_at": second}], second
     )
