@@ -146,9 +146,8 @@ class Stack:
                 if info.state in ("FATAL", "EXITED", "STOPPED"):
                     reason = f"the process exited ({info.description or info.spawn_error})"
                     raise ServiceFailed(name, reason, self.layout.log_file(name))
-                error = _check(service)
+                error = _check(service) or _bootstrap(service)
                 if error is None:
-                    service.bootstrap()
                     healthy.add(name)
                     del pending[name]
                     progress(f"{name}: ready after {time.monotonic() - started_at[name]:.1f}s")
@@ -240,6 +239,17 @@ class Stack:
                 )
             )
         return out
+
+
+def _bootstrap(service: Service) -> str | None:
+    """None once the service's set-up is done, else why not. A server that answers reads may still be
+    slow to take its first write (the registry's kafkasql storage writes through Kafka and waits to read
+    it back), so a failed set-up is retried like a failed check, until the start deadline."""
+    try:
+        service.bootstrap()
+    except Exception as exc:  # the same "not ready yet" as a failed check; the last reason is reported
+        return f"set-up failed: {type(exc).__name__}: {exc}".strip()
+    return None
 
 
 def _check(service: Service) -> str | None:

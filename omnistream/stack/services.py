@@ -321,7 +321,7 @@ class Registry(Service):
     def bootstrap(self) -> None:
         # BACKWARD compatibility for every subject unless a subject overrides it.
         response = httpx.put(
-            f"{self.settings.registry.url}/config", json={"compatibility": "BACKWARD"}, timeout=5
+            f"{self.settings.registry.url}/config", json={"compatibility": "BACKWARD"}, timeout=30
         )
         response.raise_for_status()
 
