@@ -47,7 +47,7 @@ bench: install
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy omnistream simulators producers
+	$(BIN)/mypy omnistream simulators producers tests/support
 	$(BIN)/sqlfluff lint dbt/models
 
 format: $(STAMP)

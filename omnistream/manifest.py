@@ -109,24 +109,10 @@ def manifest_totals(data: dict[str, Any]) -> dict[Key, Totals]:
 
 
 @dataclass
-class DayTotals:
-    orders: int = 0
-    lines: int = 0
-    net: Decimal = Decimal("0.00")
-    tax: Decimal = Decimal("0.00")
-
-    @property
-    def gross(self) -> Decimal:
-        return self.net + self.tax
-
-
-@dataclass
 class Manifest:
     source: str
     seed: int
-    totals: dict[tuple[str, str | None, date], DayTotals] = field(
-        default_factory=lambda: defaultdict(DayTotals)
-    )
+    totals: dict[tuple[str, str | None, date], Totals] = field(default_factory=lambda: defaultdict(Totals))
     facts: dict[str, Any] = field(default_factory=dict)
     # Run id → journal lines this manifest sums up; empty for a manifest that is the truth itself.
     journals: dict[str, int] = field(default_factory=dict)

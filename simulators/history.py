@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from omnistream.manifest import CHANNELS, DayTotals, Manifest
+from omnistream.manifest import CHANNELS, Manifest, Totals
 from simulators.reference import ONLINE_TAX_RATE, Reference, build_reference
 
 logger = logging.getLogger(__name__)
@@ -448,7 +448,7 @@ def _add_to_manifest(
         channel_code, store_code = divmod(group, n_stores)
         store_id = pools.store_ids[store_code - 1] if store_code else None
         totals = manifest.totals.setdefault(
-            (CHANNELS[channel_code], store_id, epoch + timedelta(days=day_number)), DayTotals()
+            (CHANNELS[channel_code], store_id, epoch + timedelta(days=day_number)), Totals()
         )
         totals.orders += orders
         totals.lines += n_lines

@@ -11,11 +11,9 @@ retry layer: two nested layers would multiply the waits and ignore ``Retry-After
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -27,6 +25,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from omnistream.errors import OmnistreamError, Unreachable
+from omnistream.http_retry import parse_retry_after
 from omnistream.kafka.serde import load_schema
 from omnistream.settings import Settings
 
@@ -64,22 +63,6 @@ def is_transient(exc: BaseException) -> bool:
 # The Retry-After of the last answer each thread got from a registry: SchemaRegistryError does not carry
 # the response's headers, so a response hook keeps it where the retry's wait can find it.
 _last_answer = threading.local()
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
-    text = (value or "").strip()
-    if not text:
-        return None
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # HTTP dates are GMT
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _remember_retry_after(response: httpx.Response) -> None:

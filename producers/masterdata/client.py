@@ -7,13 +7,11 @@ contract. A walk follows ``next_cursor`` to the end; keyset paging keeps it comp
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,6 +19,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from omnistream.errors import OmnistreamError, Unreachable
+from omnistream.http_retry import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +85,6 @@ class Page:
     items: list[dict[str, Any]]
     next_cursor: str | None
     as_of: str
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if unusable."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # RFC 9110 dates are GMT; an old-style date without a zone means the same
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class wait_retry_after_or_backoff(wait_base):  # named like tenacity's own wait strategies

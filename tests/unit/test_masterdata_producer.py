@@ -16,13 +16,13 @@ import pytest
 from tenacity import RetryCallState, Retrying
 
 from omnistream import topics
+from omnistream.http_retry import parse_retry_after
 from omnistream.kafka.serde import load_schema
 from producers.masterdata.client import (
     ApiClient,
     ApiUnavailable,
     RetryPolicy,
     TransientApiError,
-    parse_retry_after,
     wait_retry_after_or_backoff,
 )
 from producers.masterdata.entities import ENTITY_SPECS, select_entities, topic_names
