@@ -6,6 +6,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTEST=.venv/bin/pytest
+# Each of these stacks has its own port offset (the soak 700, the demo 600, quiet CDC 500, lifecycle 200 and
+# 300); the shared-stack lane starts one more, the plugin-path test's (400). No two may share one.
 OWN_STACK=(tests/e2e tests/integration/test_cdc_quiet.py tests/integration/test_stack_lifecycle.py)
 
 log=$(mktemp -t omnistream-own-stack-tests.XXXXXX)
