@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from omnistream.errors import OmnistreamError, Unreachable, UsageError
-from omnistream.settings import STAGE_ACCESS, Settings, get_settings
+from omnistream.errors import UsageError
+from omnistream.settings import STAGE_ACCESS, get_settings
 from omnistream.warehouse.dbt import TARGETS, DbtRun, run_dbt
 
 if TYPE_CHECKING:
-    from omnistream.warehouse.history_load import HistoryFile
+    pass
 
 dbt_app = typer.Typer(help="The warehouse: dbt (staging → intermediate → marts) and the history load.")
 
@@ -124,7 +124,7 @@ def load_history(
     import json
 
     from omnistream.warehouse.dbt import adapter, check_target
-    from omnistream.warehouse.history_load import SnowflakeTarget, load_history
+    from omnistream.warehouse.history_load import SnowflakeTarget, list_history_files, load_history
 
     settings = get_settings()
     target = check_target(target or settings.dbt.target)
@@ -138,7 +138,7 @@ def load_history(
             stage_access=stage_access or settings.history.stage_access,
         )
     root = history or settings.history.dataset(settings.gcs)
-    files = _list_files(root, settings)
+    files = list_history_files(root, settings.gcs)
     with _progress(f"loading {root}", len(files)) as advance:
         report = load_history(
             files, settings, target=target, duckdb_path=duckdb, stage=stage, on_files=advance
@@ -149,25 +149,6 @@ def load_history(
         typer.echo(
             f"{root}: {report.loaded} files loaded ({report.rows:,} rows), {report.skipped} already loaded"
         )
-
-
-def _list_files(root: str, settings: Settings) -> list[HistoryFile]:
-    """The dataset's files; a missing bucket or an unreachable GCS is an error that says which."""
-    from google.api_core.exceptions import GoogleAPIError, NotFound
-    from requests.exceptions import ConnectionError as HttpConnectionError
-
-    from omnistream.warehouse.history_load import list_history_files
-
-    try:
-        return list_history_files(root, settings.gcs)
-    except NotFound as exc:
-        raise OmnistreamError(f"{root}: no such bucket at {settings.gcs.endpoint}") from exc
-    except HttpConnectionError as exc:
-        reason = str(exc).splitlines()[0][:300]
-        raise Unreachable(f"listing {root} at {settings.gcs.endpoint} failed: {reason}") from exc
-    except GoogleAPIError as exc:
-        reason = str(exc).splitlines()[0][:300]
-        raise OmnistreamError(f"listing {root} at {settings.gcs.endpoint} failed: {reason}") from exc
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 
-from omnistream.errors import OmnistreamError, UsageError
+from omnistream.errors import OmnistreamError, Unreachable, UsageError
 from omnistream.settings import STAGE_ACCESS, GcsSettings, HistorySettings, Settings
 from omnistream.warehouse.lock import warehouse_lock
 
@@ -96,14 +96,26 @@ def list_history_files(root: str, gcs: GcsSettings | None = None) -> list[Histor
 
         if gcs is None:
             raise ValueError(f"listing {root} needs the GCS settings")
+        from google.api_core.exceptions import GoogleAPIError, NotFound
+        from requests.exceptions import ConnectionError as HttpConnectionError
+
         parts = urlsplit(root)
         prefix = parts.path.strip("/") + "/"
-        blobs = storage_client(gcs).list_blobs(parts.netloc, prefix=prefix)
-        files = [
-            HistoryFile(blob.name[len(prefix) :], f"gcs://{parts.netloc}/{blob.name}", str(blob.md5_hash))
-            for blob in blobs
-            if blob.name.endswith(".parquet") and Path(blob.name[len(prefix) :]).match(PATTERN)
-        ]
+        # Every caller (load-history, dbt's bucket load, the DAG) gets the same one-line errors.
+        try:
+            files = [
+                HistoryFile(blob.name[len(prefix) :], f"gcs://{parts.netloc}/{blob.name}", str(blob.md5_hash))
+                for blob in storage_client(gcs).list_blobs(parts.netloc, prefix=prefix)
+                if blob.name.endswith(".parquet") and Path(blob.name[len(prefix) :]).match(PATTERN)
+            ]
+        except NotFound as exc:
+            raise OmnistreamError(f"{root}: no such bucket at {gcs.endpoint}") from exc
+        except HttpConnectionError as exc:
+            reason = str(exc).splitlines()[0][:300]
+            raise Unreachable(f"listing {root} at {gcs.endpoint} failed: {reason}") from exc
+        except GoogleAPIError as exc:
+            reason = str(exc).splitlines()[0][:300]
+            raise OmnistreamError(f"listing {root} at {gcs.endpoint} failed: {reason}") from exc
     else:
         from omnistream.gcs import file_checksums
 

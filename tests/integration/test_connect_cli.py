@@ -36,7 +36,7 @@ from tests.support.second_stack import second_stack_settings
 
 pytestmark = pytest.mark.integration
 
-PLUGIN_STACK_OFFSET = 400  # the plugin-path test's own Kafka and Connect; no other test uses it (the soak has 700)
+PLUGIN_STACK_OFFSET = 400  # the plugin-path test's own Kafka and Connect; no other test uses it
 
 # The fields Snowflake's validation may reject when it cannot log in with dummy credentials: the account,
 # the user and key, and what only a login can check (role, database, schema). Any other field with an
