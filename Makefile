@@ -31,7 +31,7 @@ demo: install
 
 test: install
 	$(BIN)/omnistream stack up
-	bash tests/run-lanes.sh
+	$(BIN)/pytest -q --durations=15 tests
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

@@ -1,7 +1,7 @@
 """Tests that start a stack of their own each shift its ports by an offset no other test uses.
 
-`make test` runs those tests beside the shared-stack ones (tests/run-lanes.sh), so two tests with the same
-offset would start two Kafkas on the same ports at the same time.
+Two tests with the same offset would start two Kafkas on the same ports whenever they run at the same time
+(two pytest sessions, or a session left running beside another).
 """
 
 from __future__ import annotations
