@@ -6,17 +6,14 @@ the master-data simulator's files; ``prefix`` a topic prefix for the master-data
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from omnistream.kafka.clients import admin
 from omnistream.settings import MailSettings, Settings
 from producers.emails.producer import EmailTopics
-from simulators.masterdata import write_reference
 from tests.support.email import mailbox_logins, own_mailbox, own_topics
 
 
@@ -41,23 +38,6 @@ def topics(stack_settings: Settings, unique: str) -> Iterator[EmailTopics]:
     subjects afterwards."""
     with own_topics(stack_settings, unique) as names:
         yield names
-
-
-@pytest.fixture(scope="module")
-def reference_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The master-data simulator's reference files, written once per module from that module's ``SEED``
-    (the seed its expectations are built from)."""
-    path = tmp_path_factory.mktemp("masterdata-reference")
-    write_reference(path, request.module.SEED)
-    return path
-
-
-@pytest.fixture
-def data_dir(reference_dir: Path, tmp_path: Path) -> Path:
-    """A copy of the reference files of this test's own, for a simulator that drifts them."""
-    target = tmp_path / "masterdata"
-    shutil.copytree(reference_dir, target)
-    return target
 
 
 @pytest.fixture

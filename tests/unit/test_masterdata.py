@@ -30,20 +30,6 @@ T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 ADDRESS = ("street", "city", "postcode", "country")
 
 
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("reference")
-    write_reference(path, SEED)
-    return path
-
-
-@pytest.fixture
-def data_dir(reference_dir: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "masterdata"
-    shutil.copytree(reference_dir, target)
-    return target
-
-
 def csv_bytes(directory: Path) -> dict[str, bytes]:
     return {e.file_name: (directory / e.file_name).read_bytes() for e in ENTITIES.values()}
 
