@@ -72,7 +72,8 @@ def journal_totals(records: Iterable[dict[str, Any]]) -> dict[Key, Totals]:
 
 def in_doubt(records: Iterable[dict[str, Any]]) -> int:
     """Emails reserved (``sending``) with no outcome (``email`` or ``unsent``): cut off by a kill -9 in
-    flight, perhaps accepted by the server and so in the marts, but never in the truth."""
+    flight, or given up on after the server was handed them (``in_doubt``); perhaps accepted by the server
+    and so in the marts, but never in the truth."""
     reserved: set[int] = set()
     for record in records:
         if record.get("type") == "sending":

@@ -7,9 +7,11 @@ re-opened if the server drops it.
 Runs that may not end (simulators/runs.py): every run appends to its own journal under ``<out>/runs/``.
 Before an email goes out, a ``sending`` line reserves its order number; once the server has accepted it,
 an ``email`` line records it (with its ``truth`` if it is a genuine order); if it was never accepted (the
-run was stopped or gave up), an ``unsent`` line says so. A new run continues every store's order numbers
-after the highest one any earlier journal reserved (downstream, an order number is the order's identity, so
-a number used twice would silently drop an order), and run ``n`` plays seed ``seed + n``. SIGTERM or SIGINT
+run was stopped or gave up), an ``unsent`` line says so, or an ``in_doubt`` line if the server had been
+handed the message (the session dropped during DATA, before its reply) and so may have kept it. A new run
+continues every store's order numbers after the highest one any earlier journal reserved (downstream, an
+order number is the order's identity, so a number used twice would silently drop an order), and run ``n``
+plays seed ``seed + n``. SIGTERM or SIGINT
 stops the run between two emails. A bounded run, and a run that was stopped, ends by writing
 ``manifest.json``, summing up every journal in the out dir.
 
@@ -22,9 +24,10 @@ Outages: a refused or dropped connection (or a 421 "closing channel") is retried
 email again, for ``retry_for_s`` seconds; then the run fails and its supervisor restarts it. An email the
 server did not accept is never recorded as sent.
 
-The one known gap: the ``email`` line is written just after the server's "250 OK". A ``kill -9`` in the
+The known gaps: the ``email`` line is written just after the server's "250 OK". A ``kill -9`` in the
 microseconds between the two leaves an accepted email out of the truth; its ``sending`` line stays without
-an outcome, and the manifest lists it under ``in_doubt``. (A server that takes an email but drops the
+an outcome, and the manifest lists it under ``in_doubt``, as it lists an email given up on after the server
+had been handed it. (A server that takes an email but drops the
 session before acknowledging it makes the retry deliver it twice; downstream dedups by order number.)
 """
 
@@ -108,8 +111,22 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError)  # refused, reset, timed out, unreachable
 
 
+class _Session(smtplib.SMTP):
+    """An SMTP session that remembers whether a message was handed over (DATA began) on it."""
+
+    handed_over = False
+
+    def data(self, msg: Any) -> tuple[int, bytes]:  # smtplib types it with a 3.12-only Buffer
+        self.handed_over = True
+        return super().data(msg)
+
+
 class SmtpSender:
-    """One SMTP session to the mail server, re-opened when it drops."""
+    """One SMTP session to the mail server, re-opened when it drops.
+
+    ``handed_over`` says whether the last ``send`` gave the server the message on some attempt: a session
+    that drops during DATA, before the server's reply, may still have delivered it.
+    """
 
     def __init__(
         self,
@@ -122,7 +139,8 @@ class SmtpSender:
         self._timeout = timeout
         self._retry_for_s = retry_for_s
         self._sleep = sleep
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _Session | None = None
+        self.handed_over = False
 
     def __enter__(self) -> SmtpSender:
         return self
@@ -159,19 +177,21 @@ class SmtpSender:
         # CRLF line endings: smtplib dot-stuffs lines that start with "." and the server undoes that only
         # after CRLF, so bare LF would leave a doubled dot in a wrapped quoted-printable body.
         data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+        self.handed_over = False
         for attempt in retrying:
             with attempt:
                 try:
                     if self._smtp is None:
                         log.debug("connecting to SMTP %s:%s", self._mail.host, self._mail.smtp_port)
-                        self._smtp = smtplib.SMTP(
-                            self._mail.host, self._mail.smtp_port, timeout=self._timeout
-                        )
+                        self._smtp = _Session(self._mail.host, self._mail.smtp_port, timeout=self._timeout)
+                    self._smtp.handed_over = False  # the session outlives the emails it carried
                     self._smtp.sendmail(sender, [recipient], data)
                 except Exception as exc:
                     if not _is_transient(exc):
-                        raise
+                        raise  # the server answered: a refusal, not a message in doubt
                     if self._smtp is not None:
+                        # Dropped during DATA, before the reply: the server may have kept the message.
+                        self.handed_over |= self._smtp.handed_over
                         self._smtp.close()
                         self._smtp = None
                     where = f"{self._mail.host}:{self._mail.smtp_port}"
@@ -381,7 +401,9 @@ def send_emails(
                 try:
                     smtp.send(msg, store_address(store.store_id, mail.domain), recipient)
                 except BaseException as exc:
-                    write({"type": "unsent", "seq": planned.seq, "order_number": number, "reason": repr(exc)})
+                    # Given up on after the server had the message: it may be in the mailbox, so in doubt.
+                    outcome = "in_doubt" if smtp.handed_over else "unsent"
+                    write({"type": outcome, "seq": planned.seq, "order_number": number, "reason": repr(exc)})
                     raise
                 if planned.genuine:
                     originals.add(planned.seq, purchased_at, message_id)
@@ -430,6 +452,8 @@ def manifest_from_journals(out: Path, current: EmailsRun) -> Manifest:
                 reserved[record["seq"]] = record
             elif kind == "unsent":
                 reserved.pop(record["seq"], None)
+            elif kind == "in_doubt":
+                pass  # stays reserved: perhaps accepted, so listed under in_doubt
             elif kind == "email":
                 reserved.pop(record["seq"], None)
                 everything.add(record)
