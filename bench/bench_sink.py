@@ -1,11 +1,14 @@
 """Landing sink figures: records per second landed, and latency from Kafka append to a queryable file.
 
 1. Throughput: pre-produce N small Avro records (Confluent wire format, schema registered in the registry)
-   to a fresh 3-partition topic, then time one sink draining them (``--drain``: it exits once every
-   partition is landed to its end), group join included.
+   to a fresh 3-partition topic, then time, on the same records: a bare confluent-kafka consume (a fresh
+   group, subscribe, read to the end of every partition: the limit), ``omnistream sink --drain`` run from
+   the CLI as a child process (interpreter start-up, group join and the last file included; the goal is
+   >= 80% of the bare rate), and one in-process sink draining them (for the breakdown).
 2. Latency: a fresh topic with ``message.timestamp.type=LogAppendTime`` (so each record's timestamp is the
    broker's append time), a sink running at the default flush settings, a producer at a steady rate; the
-   latency of a record is its file's commit time (the file's mtime) minus its append time.
+   latency of a record is the commit time (mtime) of the first file that holds it minus its append time
+   (goal: p95 <= 2 s). The files left at the end show whether compaction keeps their number bounded.
 
 Needs the local stack (``omnistream stack up``). Prints figures; asserts nothing.
 
@@ -20,6 +23,8 @@ import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,15 +35,21 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka.schema_registry import Schema
 from fastavro import parse_schema, schemaless_writer
 
-from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config
+from omnistream.kafka.clients import TopicSpec, client_config, ensure_topics, producer_config
 from omnistream.kafka.registry import registry_client
 from omnistream.settings import Settings, get_settings
+from omnistream.sink.cli import compaction_policy
 from omnistream.sink.consumer import LandingSink, SinkConfig
+from omnistream.sink.layout import parse_file_name
 from omnistream.sink.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[1]
+LATENCY_GOAL_S = 2.0
+THROUGHPUT_GOAL = 0.80
 
 SCHEMA = {
     "type": "record",
@@ -110,6 +121,51 @@ def produce(settings: Settings, topic: str, encoder: Encoder, count: int, rate: 
         raise RuntimeError(f"{len(errors)} produce errors, first: {errors[0]}")
 
 
+def bare_consume(settings: Settings, topic: str, partitions: int) -> tuple[int, float]:
+    """Records read and seconds taken by a plain consumer of a fresh group, from creation to the last EOF."""
+    t0 = time.monotonic()
+    consumer = Consumer(
+        client_config(
+            settings,
+            **{
+                "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            },
+        )
+    )
+    count, eof = 0, set()
+    try:
+        consumer.subscribe([topic])
+        while len(eof) < partitions:
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                err = msg.error()
+                if err is None:
+                    count += 1
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    eof.add(msg.partition())
+                else:
+                    raise RuntimeError(err)
+    finally:
+        consumer.close()
+    return count, time.monotonic() - t0
+
+
+def cli_drain(topic: str, directory: Path) -> tuple[int, float]:
+    """``omnistream sink --drain`` as a child process: records landed and wall-clock seconds."""
+    command = [sys.executable, "-m", "omnistream", "sink", "--drain", "--topics", topic]
+    command += ["--dir", str(directory), "--group", f"bench-cli-{topic}", "--metrics-port", "0"]
+    t0 = time.monotonic()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    elapsed = time.monotonic() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"sink --drain failed: {done.stderr[-2000:]}")
+    landed = sum(pq.read_metadata(f).num_rows for f in directory.rglob("*.parquet"))
+    return landed, elapsed
+
+
 def throughput(settings: Settings, records: int, root: Path) -> None:
     topic = f"bench.sink.{uuid.uuid4().hex[:8]}"
     ensure_topics(settings, [TopicSpec(topic, 3)])
@@ -117,6 +173,18 @@ def throughput(settings: Settings, records: int, root: Path) -> None:
     t0 = time.monotonic()
     produce(settings, topic, encoder, records)
     print(f"pre-produced {records:,} records in {time.monotonic() - t0:.1f} s")
+
+    bare, bare_s = bare_consume(settings, topic, 3)
+    bare_rate = bare / bare_s
+    print(f"bare consume: {bare:,} records in {bare_s:.2f} s = {bare_rate:,.0f} records/s (group join incl.)")
+
+    cli, cli_s = cli_drain(topic, root / "cli")
+    cli_rate = cli / cli_s
+    print(
+        f"sink --drain (CLI): {cli:,} records in {cli_s:.2f} s = {cli_rate:,.0f} records/s "
+        f"(start-up included); ratio to bare consume {cli_rate / bare_rate:.2f} "
+        f"(goal >= {THROUGHPUT_GOAL:.2f})"
+    )
 
     config = SinkConfig(
         group_id=f"bench-{topic}",
@@ -130,9 +198,10 @@ def throughput(settings: Settings, records: int, root: Path) -> None:
     stats = sink.run()
     elapsed = time.monotonic() - t0
     print(
-        f"throughput: {stats.records:,} records landed in {stats.files} files in {elapsed:.2f} s "
+        f"in-process sink: {stats.records:,} records landed in {stats.files} files in {elapsed:.2f} s "
         f"= {stats.records / elapsed:,.0f} records/s (group join included; "
-        f"flush_records={config.flush_records})"
+        f"flush_records={config.flush_records}); "
+        f"ratio to bare consume {stats.records / elapsed / bare_rate:.2f}"
     )
     size = sum(f.stat().st_size for f in (root / "throughput").rglob("*.parquet"))
     print(f"  {size / 1e6:.1f} MB of Parquet, {size / max(stats.records, 1):.1f} bytes/record")
@@ -148,32 +217,63 @@ def latency(settings: Settings, rate: float, seconds: float, root: Path) -> None
         topics=[topic],
         flush_records=settings.landing.flush_records,
         flush_seconds=settings.landing.flush_seconds,
+        compaction=compaction_policy(settings.landing, settings.landing.flush_records),
     )
     sink = LandingSink(settings, LocalStore(directory), config)
     runner = threading.Thread(target=sink.run, name="sink")
     runner.start()
+    # Files are read as they appear (compaction replaces the small ones later): a record's latency is that
+    # of the first file holding it, the moment a reader could first query it.
+    delays: dict[tuple[int, int], float] = {}
+    seen: set[Path] = set()
+
+    def scan() -> None:
+        for path in sorted(directory.rglob("*.parquet")):
+            if path in seen:
+                continue
+            try:
+                committed = os.stat(path).st_mtime
+                metadata = pq.read_table(path, columns=["record_metadata"]).column("record_metadata")
+            except (FileNotFoundError, OSError):
+                continue  # replaced by a merged file between the listing and the read
+            seen.add(path)
+            metadata = metadata.combine_chunks()
+            partition = parse_file_name(path.name).partition  # type: ignore[union-attr]
+            appended = metadata.field("timestamp").cast(pa.int64()).to_pylist()
+            for offset, ms in zip(metadata.field("offset").to_pylist(), appended, strict=True):
+                delays.setdefault((partition, offset), committed - ms / 1000)
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            scan()
+
+    watcher = threading.Thread(target=watch, name="watch")
+    watcher.start()
     count = int(rate * seconds)
     produce(settings, topic, encoder, count, rate=rate)
     deadline = time.monotonic() + 60
-    landed = 0
-    while landed < count and time.monotonic() < deadline:
-        time.sleep(0.5)
-        landed = sum(pq.read_metadata(f).num_rows for f in directory.rglob("*.parquet"))
+    while len(delays) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    watcher.join()
     sink.request_stop()
     runner.join()
-    delays: list[float] = []
-    for path in directory.rglob("*.parquet"):
-        committed = os.stat(path).st_mtime
-        metadata = pq.read_table(path, columns=["record_metadata"]).column("record_metadata").combine_chunks()
-        appended = metadata.field("timestamp").cast(pa.int64()).to_pylist()
-        delays.extend(committed - ms / 1000 for ms in appended)
-    delays.sort()
-    q = statistics.quantiles(delays, n=100)
+    files = list(directory.rglob("*.parquet"))
+    ordered = sorted(delays.values())
+    q = statistics.quantiles(ordered, n=100)
     print(
         f"latency append -> queryable file at flush_records={config.flush_records}, "
         f"flush_seconds={config.flush_seconds}, {rate:.0f} records/s over 3 partitions, "
-        f"{len(delays):,} records: "
-        f"p50 {q[49]:.2f} s, p95 {q[94]:.2f} s, max {delays[-1]:.2f} s"
+        f"{len(ordered):,} records: "
+        f"p50 {q[49]:.2f} s, p95 {q[94]:.2f} s, max {ordered[-1]:.2f} s; "
+        f"ratio p95 / goal {q[94] / LATENCY_GOAL_S:.2f} (goal <= 1.00, p95 <= {LATENCY_GOAL_S:.0f} s)"
+    )
+    merged = sum(sink.metrics.merged.labels(topic)._value.get() for _ in [0])
+    print(
+        f"  {len(files)} files left for {sink.stats.files} flushed ({len(files) / 3:.1f} per partition; "
+        f"{merged:.0f} merged by compaction, compact_files={settings.landing.compact_files})"
     )
 
 
@@ -183,12 +283,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2_000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = get_settings()
     print(f"{os.cpu_count()} cores; Kafka {settings.kafka.bootstrap_servers}")
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
-        throughput(settings, args.records, Path(tmp))
+        if not args.skip_throughput:
+            throughput(settings, args.records, Path(tmp))
         if not args.skip_latency:
             latency(settings, args.rate, args.seconds, Path(tmp))
 

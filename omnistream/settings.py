@@ -177,8 +177,17 @@ class LandingSettings(BaseModel):
     # Set to land in this bucket (at the settings.gcs endpoint, under "landing/") instead of `dir`.
     bucket: str = ""
     flush_records: int = 10_000
-    flush_seconds: float = 5.0
+    # The most a record waits in memory: with the poll's wait, a record is queryable within about 1.1 s.
+    flush_seconds: float = 1.0
     group_id: str = "omnistream-landing"
+    # Compaction (omnistream/sink/compaction.py): once this many contiguous files of a partition are small
+    # (cut by flush_seconds, fewer than flush_records offsets), merge them, up to compact_records offsets a
+    # file; 0 turns it off. The merged-away files stay compact_grace_seconds for readers that listed them.
+    compact_files: int = 10
+    compact_records: int = 100_000
+    compact_grace_seconds: float = 10.0
+    # How often the sink looks for files to merge and merged-away files to delete.
+    compact_every_seconds: float = 5.0
 
 
 # The secrets the local stack generates at its first `stack up` into <state_dir>/secrets.json (mode 0600),

@@ -19,4 +19,10 @@ the partition starts at ``endOffset + 1``. Within that range an offset is either
 
 Files therefore tile each partition without gaps or overlaps, and recovery resumes at the highest
 ``endOffset + 1``; see :mod:`omnistream.sink.consumer` for the rules that make that exactly once.
+
+The one exception is compaction (:mod:`omnistream.sink.compaction`): a merged file covers the range of the
+small contiguous files it was made from, which stay beside it for a grace period before they are deleted.
+The *live* files (those no other file covers) always tile. Reader contract: list a partition once, skip
+covered files (:func:`omnistream.sink.layout.live_files`) or keep one row per (partition, offset), and
+finish reading within the grace period; then every record is read exactly once.
 """

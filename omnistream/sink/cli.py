@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 
@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from omnistream.settings import get_settings
+from omnistream.settings import LandingSettings, get_settings
+from omnistream.sink.compaction import CompactionPolicy
 from omnistream.sink.consumer import LandingSink, SinkConfig
 from omnistream.sink.lag import sink_status
 from omnistream.sink.store import open_store
@@ -38,6 +39,17 @@ GROUP = typer.Option(None, "--group", help="Consumer group (default: settings.la
 def topic_list(topics: list[str] | None) -> list[str]:
     names = [t.strip() for arg in topics or [] for t in arg.split(",") if t.strip()]
     return names or list(PIPELINE_TOPICS)
+
+
+def compaction_policy(landing: LandingSettings, flush_records: int) -> CompactionPolicy:
+    """The settings' compaction, with "small" meaning a file the size limit did not cut."""
+    return CompactionPolicy(
+        min_files=landing.compact_files,
+        small_records=flush_records,
+        max_records=landing.compact_records,
+        grace_seconds=landing.compact_grace_seconds,
+        every_seconds=landing.compact_every_seconds,
+    )
 
 
 @sink_app.callback()
@@ -89,6 +101,7 @@ def sink(
         drain=drain,
         instance_id=instance_id,
     )
+    config = replace(config, compaction=compaction_policy(settings.landing, config.flush_records))
     metrics = SinkMetrics()
     landing = LandingSink(
         settings, open_store(settings, directory=directory, bucket=bucket), config, metrics=metrics

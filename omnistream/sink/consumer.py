@@ -54,19 +54,26 @@ from omnistream.kafka.serde import (
     SchemaCache,
     UndecodableRecord,
 )
-from omnistream.metrics import ABORTED, COMMITTED, PipelineMetrics, gauge, transactions_counter
+from omnistream.metrics import (
+    ABORTED,
+    COMMITTED,
+    PipelineMetrics,
+    counter,
+    gauge,
+    transactions_counter,
+)
 from omnistream.settings import Settings
 from omnistream.sink.batch import build_batch
+from omnistream.sink.compaction import CompactionPolicy, Compactor
 from omnistream.sink.dlq import DeadLetterSender
 from omnistream.sink.landing_schemas import NOT_REPRESENTABLE, LandingSchemas
-from omnistream.sink.layout import LandedFile, resume_offset
+from omnistream.sink.layout import FILE_METADATA_KEY, LandedFile, resume_offset
 from omnistream.sink.store import LandingStore
 
 log = logging.getLogger(__name__)
 
 POLL_TIMEOUT_S = 0.5
 MAX_BATCH = 10_000
-FILE_METADATA_KEY = b"omnistream.landing"
 # How often librdkafka hands over its statistics, from which the lag gauges are set.
 LAG_REFRESH_MS = 5_000
 # The reason classes of dead letters: the first word of every reason the sink gives.
@@ -95,6 +102,9 @@ class SinkConfig:
     # Static group membership: a sink restarted under the same id (after a crash) takes its partitions
     # back at once instead of waiting out the dead member's session; one distinct id per running sink.
     instance_id: str | None = None
+
+    # Merging small files (the CLI sets it from settings.landing); None: files stay as flushed.
+    compaction: CompactionPolicy | None = None
 
     def subscription(self) -> list[str]:
         if self.pattern:
@@ -155,6 +165,12 @@ class SinkMetrics(PipelineMetrics):
             self.registry,
             "sink_buffered_records",
             "Records read and held in memory until their file is committed, per topic.",
+            ["topic"],
+        )
+        self.merged = counter(
+            self.registry,
+            "sink_merged_files",
+            "Small landing files merged into larger ones by compaction, per topic.",
             ["topic"],
         )
 
@@ -221,6 +237,13 @@ class LandingSink:
         self._eof: set[tuple[str, int]] = set()
         self._warned_topics: set[str] = set()
         self._consumer: Consumer | None = None
+        # Without a policy the compactor only sweeps: files a past merge covers still go after their grace.
+        self.compactor = Compactor(
+            store, config.compaction or CompactionPolicy(min_files=0), on_merge=self._on_merge
+        )
+        # Owned partitions that landed a file or hold covered files since the last compaction pass.
+        self._to_compact: set[tuple[str, int]] = set()
+        self._next_compact = 0.0
 
     def consumer_config(self) -> dict[str, object]:
         static = {"group.instance.id": self.config.instance_id} if self.config.instance_id else {}
@@ -274,8 +297,9 @@ class LandingSink:
                 self.config.group_id,
             )
             while not self._stop.is_set():
-                self._handle(consumer.consume(num_messages=MAX_BATCH, timeout=POLL_TIMEOUT_S))
+                self._handle(consumer.consume(num_messages=MAX_BATCH, timeout=self._poll_timeout()))
                 self._flush_due()
+                self._compact_due()
                 if self.config.drain and self._caught_up():
                     break
             self._flush_all()
@@ -287,11 +311,14 @@ class LandingSink:
                     if buf.msgs:
                         self.metrics.transactions.labels(ABORTED).inc()
                 self._buffers.clear()
+            owned = list(self._buffers) if clean else []
             try:
                 consumer.close()
             finally:
                 self._consumer = None
                 self.dead_letters.close()
+        if self.config.drain:
+            self._finish_sweeps(owned)
         elapsed = time.monotonic() - self.stats.started
         log.info(
             "landed %d record(s) in %d file(s), %d dead letter(s), in %.1f s",
@@ -371,6 +398,39 @@ class LandingSink:
         buf.schema = merged
         buf.schema_key = schema_key
 
+    def _poll_timeout(self) -> float:
+        """At most POLL_TIMEOUT_S, less when a buffer's flush is due sooner: a file is never held up by a
+        poll waiting for records that do not come."""
+        opened = [buf.opened for buf in self._buffers.values() if buf.msgs]
+        if not opened:
+            return POLL_TIMEOUT_S
+        due = min(opened) + self.config.flush_seconds - time.monotonic()
+        return min(POLL_TIMEOUT_S, max(due, 0.01))
+
+    def _compact_due(self) -> None:
+        """One compaction pass over the partitions that landed files, every ``every_seconds``."""
+        now = time.monotonic()
+        if not self._to_compact or now < self._next_compact:
+            return
+        self._next_compact = now + self.compactor.policy.every_seconds
+        for key in sorted(self._to_compact):
+            if key not in self._buffers:
+                self._to_compact.discard(key)  # no longer ours: its owner compacts it
+                continue
+            merged, waiting = self.compactor.compact(*key)
+            if merged is None and not waiting:
+                self._to_compact.discard(key)
+
+    def _on_merge(self, file: LandedFile, parts: int) -> None:
+        self.metrics.merged.labels(file.topic).inc(parts)
+
+    def _finish_sweeps(self, partitions: list[tuple[str, int]]) -> None:
+        """A drain leaves no covered files behind: wait out their grace, then delete them."""
+        for key in partitions:
+            while waiting := self.compactor.sweep(*key):
+                log.info("%s[%d]: waiting out the grace of %d merged file(s)", *key, len(waiting))
+                time.sleep(min(1.0, self.compactor.policy.grace_seconds))
+
     def _flush_due(self) -> None:
         deadline = time.monotonic() - self.config.flush_seconds
         for buf in list(self._buffers.values()):
@@ -414,6 +474,7 @@ class LandingSink:
             "landed %s (%d rows, %d dead letters)", file.name, batch.table.num_rows, len(batch.rejected)
         )
         buf.reset(end + 1)
+        self._to_compact.add((buf.topic, buf.partition))
         self._commit_offset(file, sync_commit)
 
     def _commit_offset(self, file: LandedFile, sync: bool) -> None:
@@ -462,7 +523,11 @@ class LandingSink:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.store.remove_temporaries(tp.topic, tp.partition)
-            resume = resume_offset(self.store.list_files(tp.topic, tp.partition))
+            files = self.store.list_files(tp.topic, tp.partition)
+            # A merge a crash interrupted: the covered files go once their grace is over (now or later).
+            if self.compactor.sweep(tp.topic, tp.partition, files):
+                self._to_compact.add((tp.topic, tp.partition))
+            resume = resume_offset(files)
             range_start = resume
             if resume is None:
                 tp.offset = OFFSET_BEGINNING

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 SUFFIX = ".parquet"
+# The Parquet key-value metadata key of a file's landing note (its range, rows, dead-lettered offsets).
+FILE_METADATA_KEY = b"omnistream.landing"
 # Kafka topic names are [a-zA-Z0-9._-]+, so "+" cannot occur inside one and splits a name unambiguously.
 _NAME = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<start>\d+)\+(?P<end>\d+)\.parquet$")
 # A file being written: a dot-name that neither our globs (``*.parquet``) nor Hive-style readers pick up.
@@ -85,3 +87,29 @@ def overlapping(files: list[LandedFile]) -> list[tuple[LandedFile, LandedFile]]:
         if reach is None or f.end > reach.end:
             reach = f
     return pairs
+
+
+def covering(files: list[LandedFile]) -> dict[LandedFile, LandedFile]:
+    """Each file that lies within another file's range, mapped to the widest file covering it.
+
+    A merged file (compaction) covers the small files it was made from until they are deleted; readers
+    skip covered files (see :mod:`omnistream.sink`), so every offset is read from exactly one file.
+    """
+    out: dict[LandedFile, LandedFile] = {}
+    # Per topic partition; within one, a cover sorts before what it covers.
+    ordered = sorted(files, key=lambda f: (f.topic, f.partition, f.start, -f.end))
+    widest: LandedFile | None = None  # the file of this partition reaching furthest so far
+    for f in ordered:
+        if widest is not None and (widest.topic, widest.partition) != (f.topic, f.partition):
+            widest = None
+        if widest is not None and widest.end >= f.end:
+            out[f] = widest
+        elif widest is None or f.end > widest.end:
+            widest = f
+    return out
+
+
+def live_files(files: list[LandedFile]) -> list[LandedFile]:
+    """The files a reader reads: every listed file that no other listed file covers, in offset order."""
+    covered = covering(files)
+    return sorted(f for f in files if f not in covered)

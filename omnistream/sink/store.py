@@ -7,7 +7,9 @@ upload is atomic by itself and is made conditional on the object not existing (`
 
 Before committing, the partition is listed again and a file that would overlap one already there is
 refused: two sinks that both believe they own a partition (a zombie after a rebalance) cannot both land
-the same offsets.
+the same offsets. A merged file (:mod:`omnistream.sink.compaction`) is the one exception: it is committed
+the same atomic way over a range that the live files it replaces tile exactly, and covers them until
+they are deleted.
 """
 
 from __future__ import annotations
@@ -16,27 +18,30 @@ import base64
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import uuid
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.api_core.exceptions import NotFound, PreconditionFailed
-from google.cloud import storage
 
 from omnistream.errors import OmnistreamError
-from omnistream.gcs import ensure_bucket, storage_client
 from omnistream.settings import Settings
 from omnistream.sink.layout import (
     LandedFile,
     is_temp_name,
+    live_files,
     parse_file_name,
     partition_dir,
     temp_name,
 )
+
+if TYPE_CHECKING:  # the GCS client takes seconds to import: only a sink landing in a bucket loads it
+    from google.cloud import storage
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,14 @@ class LandingStore(Protocol):
         """Write ``table`` as ``file`` atomically; OverlapError if it overlaps a committed file."""
         ...
 
+    def commit_merged(self, file: LandedFile, table: pa.Table, parts: list[LandedFile]) -> None:
+        """Write ``table`` as ``file``, which replaces ``parts``: OverlapError unless they tile it, live."""
+        ...
+
+    def committed_at(self, file: LandedFile) -> float | None:
+        """When ``file`` was committed (unix seconds), None if it is gone."""
+        ...
+
     def delete(self, file: LandedFile) -> None: ...
 
     def read(self, file: LandedFile) -> pa.Table: ...
@@ -83,6 +96,20 @@ class LandingStore(Protocol):
 def _clash(existing: list[LandedFile], file: LandedFile) -> LandedFile | None:
     """A committed file that reaches ``file``'s start or beyond. Landing only ever appends at the end."""
     return next((f for f in existing if f.end >= file.start), None)
+
+
+def _check_merge(existing: list[LandedFile], file: LandedFile, parts: list[LandedFile]) -> None:
+    """OverlapError unless ``parts`` are exactly the live files within ``file``'s range, tiling it.
+
+    Anything else (a part already replaced, a file straddling the range's edges, a gap) means another
+    writer changed the partition since the merge was planned, and the merge must not land.
+    """
+    live = live_files(existing)
+    inside = [f for f in live if f.end >= file.start and f.start <= file.end]
+    tiles = bool(parts) and parts[0].start == file.start and parts[-1].end == file.end
+    tiles = tiles and all(b.start == a.end + 1 for a, b in itertools.pairwise(parts))
+    if inside != sorted(parts) or not tiles:
+        raise OverlapError(f"{file.name} does not replace exactly the live files {[f.name for f in parts]}")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -140,6 +167,20 @@ class LocalStore:
         directory.mkdir(parents=True, exist_ok=True)
         if (clash := _clash(self.list_files(file.topic, file.partition), file)) is not None:
             raise OverlapError(f"{file.name} would overlap {clash.name} in {directory}")
+        self._write(file, table)
+
+    def commit_merged(self, file: LandedFile, table: pa.Table, parts: list[LandedFile]) -> None:
+        _check_merge(self.list_files(file.topic, file.partition), file, parts)
+        self._write(file, table)
+
+    def committed_at(self, file: LandedFile) -> float | None:
+        try:
+            return (self._dir(file.topic, file.partition) / file.name).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _write(self, file: LandedFile, table: pa.Table) -> None:
+        directory = self._dir(file.topic, file.partition)
         final = directory / file.name
         tmp = directory / temp_name(file.name, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
@@ -218,12 +259,23 @@ class GcsStore:
     def commit(self, file: LandedFile, table: pa.Table) -> None:
         if (clash := _clash(self.list_files(file.topic, file.partition), file)) is not None:
             raise OverlapError(f"{file.name} would overlap {clash.name} in {self.root}")
+        self._upload(file, table)
+
+    def commit_merged(self, file: LandedFile, table: pa.Table, parts: list[LandedFile]) -> None:
+        _check_merge(self.list_files(file.topic, file.partition), file, parts)
+        self._upload(file, table)
+
+    def committed_at(self, file: LandedFile) -> float | None:
+        blob = self.bucket.get_blob(self._object(file))
+        return None if blob is None or blob.time_created is None else blob.time_created.timestamp()
+
+    def _upload(self, file: LandedFile, table: pa.Table) -> None:
         data = parquet_bytes(table)
         blob = self.bucket.blob(self._object(file))
         blob.md5_hash = _b64_md5(data)
         try:
             blob.upload_from_string(data, content_type=PARQUET_CONTENT_TYPE, if_generation_match=0)
-        except PreconditionFailed as exc:
+        except _gcs_errors().PreconditionFailed as exc:
             # A retried upload whose first attempt succeeded finds its own object: same bytes, done.
             existing = self.bucket.get_blob(self._object(file))
             if existing is not None and existing.md5_hash == _b64_md5(data):
@@ -231,15 +283,25 @@ class GcsStore:
             raise OverlapError(f"{self.uri(file)} already exists") from exc
 
     def delete(self, file: LandedFile) -> None:
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(_gcs_errors().NotFound):
             self.bucket.blob(self._object(file)).delete()
 
     def read(self, file: LandedFile) -> pa.Table:
-        data = self.bucket.blob(self._object(file)).download_as_bytes()
+        try:
+            data = self.bucket.blob(self._object(file)).download_as_bytes()
+        except _gcs_errors().NotFound as exc:
+            raise FileNotFoundError(self.uri(file)) from exc
         return pq.read_table(pa.BufferReader(data))
 
     def uri(self, file: LandedFile) -> str:
         return f"gs://{self.bucket.name}/{self._object(file)}"
+
+
+def _gcs_errors() -> ModuleType:
+    """google.api_core.exceptions, imported when a GCS store first needs it."""
+    from google.api_core import exceptions
+
+    return exceptions
 
 
 def _b64_md5(data: bytes) -> str:
@@ -257,5 +319,7 @@ def open_store(
     """The configured landing zone: the GCS bucket if one is set, else the local directory."""
     bucket_name = settings.landing.bucket if bucket is None else bucket
     if bucket_name:
+        from omnistream.gcs import ensure_bucket, storage_client
+
         return GcsStore(ensure_bucket(storage_client(settings.gcs), bucket_name))
     return LocalStore(directory or landing_dir(settings))

@@ -38,7 +38,7 @@ from omnistream.kafka.registry import registry_client
 from omnistream.kafka.serde import headers_of
 from omnistream.settings import Settings
 from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
-from omnistream.sink.layout import overlapping, parse_file_name
+from omnistream.sink.layout import live_files, overlapping, parse_file_name
 from omnistream.sink.store import LocalStore
 from omnistream.topics import dlq
 
@@ -206,14 +206,18 @@ def dead_letters(settings: Settings, topic: str) -> list[tuple[Record, dict[str,
 
 
 def landed(directory: Path, topic: str, columns: str = "*") -> list[dict[str, Any]]:
-    """The landed rows of ``topic`` (all its files, union by name), in (partition, offset) order."""
-    pattern = directory / topic / "partition=*" / "*.parquet"
-    if not list(directory.glob(f"{topic}/partition=*/*.parquet")):
+    """The landed rows of ``topic`` (its live files, union by name), in (partition, offset) order.
+
+    Read as the reader contract says (omnistream.sink.compaction): one listing, covered files skipped.
+    """
+    listing = [f for p in directory.glob(f"{topic}/partition=*/*.parquet") if (f := parse_file_name(p.name))]
+    paths = [str(directory / f.path) for f in live_files(listing)]
+    if not paths:
         return []
     cursor = duckdb.connect().execute(
         f"select {columns} from read_parquet(?, union_by_name = true, hive_partitioning = false) "
         "order by record_metadata.partition, record_metadata.offset",
-        [str(pattern)],
+        [paths],
     )
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
@@ -231,8 +235,9 @@ def landed_files(directory: Path, topic: str) -> dict[int, list[Any]]:
 
 
 def assert_files_tile(directory: Path, topic: str) -> None:
-    """No overlaps, no gaps between consecutive files of a partition, nothing half-written left."""
-    for partition, files in landed_files(directory, topic).items():
+    """No overlaps, no gaps between consecutive live files of a partition, nothing half-written left."""
+    for partition, all_files in landed_files(directory, topic).items():
+        files = live_files(all_files)
         assert overlapping(files) == [], (partition, files)
         ordered = sorted(files)
         for a, b in itertools.pairwise(ordered):
