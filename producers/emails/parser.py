@@ -169,9 +169,10 @@ def receipt_from_text(text: str) -> Receipt:
                 in_table = False
             else:
                 receipt.rows.append([cell.strip() for cell in line.split("|")])
-        elif _TABLE_HEADER.match(line):
+        # The substring tests are what the patterns need at the least: most lines are let go without one.
+        elif line.startswith("SKU") and _TABLE_HEADER.match(line):
             in_table = True
-        elif match := _TEXT_FIELD.fullmatch(line):
+        elif ": " in line and (match := _TEXT_FIELD.fullmatch(line)):
             receipt.add_field(match["label"], match["value"])
     return receipt
 
