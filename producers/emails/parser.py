@@ -24,7 +24,6 @@ line, so the producer dead-letters it instead of landing an order that takes mon
 
 from __future__ import annotations
 
-import email
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import NamedTuple
 
 from omnistream.errors import OmnistreamError
 from omnistream.money import FORMATS, MoneyFormat, format_percent, parse_percent, round_cents
+from producers.emails import mime
 from producers.emails.model import OrderLine, Provenance, StoreOrder
 
 WALK_IN = "walk-in"
@@ -101,10 +101,11 @@ class Receipt:
 def read_message(raw: bytes) -> Message:
     """The email in ``raw`` (RFC 822 bytes).
 
-    Read with the compat32 policy: the producer needs two body parts and one header, and the modern
-    policy's header objects make reading several times slower (they parse every header in full).
+    Read as the compat32 policy reads it: the producer needs two body parts and one header, and the modern
+    policy's header objects make reading several times slower (they parse every header in full). The
+    common shape is read by a line scan that gives the standard parser's result (``mime``).
     """
-    return email.message_from_bytes(raw)
+    return mime.read_message(raw)
 
 
 def message_id_of(msg: Message) -> str | None:
@@ -168,9 +169,10 @@ def receipt_from_text(text: str) -> Receipt:
                 in_table = False
             else:
                 receipt.rows.append([cell.strip() for cell in line.split("|")])
-        elif _TABLE_HEADER.match(line):
+        # The substring tests are what the patterns need at the least: most lines are let go without one.
+        elif line.startswith("SKU") and _TABLE_HEADER.match(line):
             in_table = True
-        elif match := _TEXT_FIELD.fullmatch(line):
+        elif ": " in line and (match := _TEXT_FIELD.fullmatch(line)):
             receipt.add_field(match["label"], match["value"])
     return receipt
 

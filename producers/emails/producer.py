@@ -56,6 +56,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -382,13 +383,7 @@ class EmailProducer:
                 self.metrics.backlog.set(len(uids))
                 if not uids:
                     break
-                done = 0
-                for batch in _chunks(uids, self.options.batch_size):
-                    self._run_batch(batch)
-                    done += len(batch)
-                    self.metrics.backlog.set(len(uids) - done)
-                    if stop.is_set():
-                        break
+                self._produce_batches(uids, stop)
             except UidValidityChanged as exc:
                 log.debug("UIDVALIDITY changed while reading (%s); starting over", exc)
                 continue  # the reader holds the new value; _reconcile_uidvalidity resets the cursor
@@ -429,13 +424,45 @@ class EmailProducer:
         cursor.uidvalidity, cursor.last_uid = uidvalidity, 0
         self.progress.uidvalidity, self.progress.last_uid = uidvalidity, 0
 
-    def _run_batch(self, uids: list[int]) -> None:
-        cursor = self._require_cursor()
-        uidvalidity = cursor.uidvalidity
+    def _produce_batches(self, uids: list[int], stop: threading.Event) -> None:
+        """Produce ``uids`` batch by batch, the mailbox work of the next batch overlapping this one's.
+
+        One thread does all the IMAP work, in order, on the reader's one session: the fetch of batch n+1 is
+        queued before batch n is parsed and produced, the move of batch n to the archive right after its
+        commit. So the mail server's time (and the network's) overlaps the parsing and producing instead of
+        adding to it. Exactly once is untouched: each transaction holds the same records and checkpoint as
+        before and commits at the same point; an email fetched ahead goes only into its own batch's
+        transaction, and a crash loses a fetch, never an email. The moves are done before this returns.
+        """
+        batches = list(_chunks(uids, self.options.batch_size))
+        uidvalidity = self._require_cursor().uidvalidity
+        moves: list[Future[None]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="imap") as mailbox:
+            fetched = mailbox.submit(self._fetch, batches[0], uidvalidity)
+            done = 0
+            for n, batch in enumerate(batches):
+                emails = fetched.result()
+                if n + 1 < len(batches) and not stop.is_set():
+                    fetched = mailbox.submit(self._fetch, batches[n + 1], uidvalidity)
+                self._run_batch(batch, emails, uidvalidity)
+                moves.append(mailbox.submit(self._archive, batch, uidvalidity))
+                done += len(batch)
+                self.metrics.backlog.set(len(uids) - done)
+                if stop.is_set():
+                    break
+        for move in moves:
+            move.result()  # a renumbered folder (UidValidityChanged) or an outage, as if moved here
+
+    def _fetch(self, uids: list[int], uidvalidity: int) -> list[FetchedEmail]:
         emails = self.reader.fetch(uids)
         if self.reader.uidvalidity != uidvalidity:
             # Reconnected mid-fetch into a renumbered folder: these UIDs are not the ones searched for.
             raise UidValidityChanged(uidvalidity, self.reader.uidvalidity)
+        return emails
+
+    def _run_batch(self, uids: list[int], emails: list[FetchedEmail], uidvalidity: int) -> None:
+        """Parse and produce the fetched ``emails`` of ``uids`` and their checkpoint in one transaction."""
+        cursor = self._require_cursor()
         self.metrics.records_in.labels(self.topics.orders).inc(len(emails))
         records = [self._record_for(fetched, uidvalidity) for fetched in emails]  # each email once
         checkpoint = Checkpoint(
@@ -468,7 +495,6 @@ class EmailProducer:
         log.debug("committed UIDs %d-%d: %s", report.first_uid, report.last_uid, report)
         if self.on_batch is not None:
             self.on_batch(report, self.progress)
-        self._archive(uids, uidvalidity)
 
     # -- the archive -----------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from fastavro.validation import ValidationError
 
 from omnistream.dead_letter import DeadLetter, dead_letter_to_dict
 from omnistream.errors import OmnistreamError
-from omnistream.kafka.registry import register_schema, value_subject, with_registry
+from omnistream.kafka.registry import is_transient, register_schema, value_subject, with_registry
 from omnistream.kafka.serde import load_schema
 from producers.emails.checkpoint import Checkpoint, checkpoint_to_dict
 from producers.emails.model import StoreOrder
@@ -215,7 +215,14 @@ class EmailSerde:
     @staticmethod
     def _serialize(serializer: AvroSerializer, obj: object, topic: str) -> bytes:
         ctx = SerializationContext(topic, MessageField.VALUE)
-        # The first record of a topic looks its schema id up in the registry.
-        value = with_registry(f"serializing for {topic}", lambda: serializer(obj, ctx))
+        # Only the first record of a topic asks the registry (its schema id); the others are written from
+        # the serializer's cache. So the retrying wrapper, which costs about as much as writing a record,
+        # steps in only when a call fails the way a registry outage does, and then retries that call.
+        try:
+            value = serializer(obj, ctx)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            value = with_registry(f"serializing for {topic}", lambda: serializer(obj, ctx))
         assert value is not None  # only None in, None out
         return value
