@@ -67,7 +67,13 @@
             ~ "', union_by_name = true, hive_partitioning = false, filename = true)"
         ) }}
     {% endif %}
-    {{ return("select * from read_parquet('" ~ pattern ~ "', union_by_name = true, hive_partitioning = false)") }}
+    {#- A landed topic is read by the landing sink's reader contract (omnistream/sink/compaction.py): for a
+        few seconds after a compaction the merged file and the small files it replaced are both listed, so
+        one row per (partition, offset) is kept. -#}
+    {{ return(
+        "select * from read_parquet('" ~ pattern ~ "', union_by_name = true, hive_partitioning = false)"
+        ~ " qualify row_number() over (partition by " ~ kafka_partition() ~ ", " ~ kafka_offset() ~ ") = 1"
+    ) }}
 {% endmacro %}
 
 {% macro raw_empty_select(node) %}

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from omnistream import topics
 from omnistream.settings import Settings
+from omnistream.sink.layout import file_name, parse_file_name
 from omnistream.warehouse.dbt import DbtRun, run_dbt
 from tests.support.dbt_fixtures import SCHEMAS, master_data, store_orders
 from tests.support.sink import AvroProducer, drain, new_topic
@@ -23,6 +25,25 @@ from tests.support.sink import AvroProducer, drain, new_topic
 pytestmark = pytest.mark.integration
 
 START = datetime(2026, 11, 24, 22, 0, tzinfo=UTC)
+
+
+def split_files_alongside(topic_dir: Path) -> None:
+    """Leave each landed file's two halves beside it, as compaction's grace period does (the merged file
+    and the small files it replaced are both listed): readers must read each record once."""
+    split = 0
+    for path in sorted(topic_dir.glob("partition=*/*.parquet")):
+        landed = parse_file_name(path.name)
+        table = pq.read_table(path)
+        assert landed is not None, path
+        if table.num_rows < 2:
+            continue
+        split += 1
+        half = table.num_rows // 2
+        for piece in (table.slice(0, half), table.slice(half)):
+            offsets = [m["offset"] for m in piece.column("record_metadata").to_pylist()]
+            name = file_name(landed.topic, landed.partition, min(offsets), max(offsets))
+            pq.write_table(piece, path.with_name(name))
+    assert split, f"no landed file of two or more records in {topic_dir}"
 
 
 def test_marts_over_records_the_sink_landed(stack_settings: Settings, unique: str, tmp_path: Path) -> None:
@@ -49,6 +70,7 @@ def test_marts_over_records_the_sink_landed(stack_settings: Settings, unique: st
     landing.mkdir()
     for canonical, name in names.items():
         (raw / name).rename(landing / canonical)
+    split_files_alongside(landing / topics.STORE_ORDERS)
     run = DbtRun(
         duckdb_path=tmp_path / "omnistream.duckdb",
         landing_root=landing,
@@ -62,6 +84,7 @@ def test_marts_over_records_the_sink_landed(stack_settings: Settings, unique: st
             "select channel, store_id, cast(order_date as varchar), order_count, line_count, net_amount,"
             " tax_amount from marts.fct_daily_sales"
         ).fetchall()
+        ((landed_rows,),) = con.execute("select count(*) from raw.stores_order_confirmations").fetchall()
         ((keys_match,),) = con.execute(
             "select bool_and(order_number = struct_extract(record_metadata, 'key'))"
             " from raw.stores_order_confirmations"
@@ -79,6 +102,7 @@ def test_marts_over_records_the_sink_landed(stack_settings: Settings, unique: st
         if t.orders
     }
     assert {(c, s, d): (o, n, net, tax) for c, s, d, o, n, net, tax in rows} == expected
+    assert landed_rows == len(stores.topic.records)  # the covered copies are not read twice
     assert keys_match
     assert resends == stores.resends > 0
     repriced = {
