@@ -1,6 +1,7 @@
 """Benchmark CDC end to end: PostgreSQL commit → Debezium on Kafka Connect → Avro record in Kafka.
 
     PYTHONPATH=. .venv/bin/python bench/bench_cdc.py --orders 1000 --rate 50 --steady-seconds 10
+    PYTHONPATH=. .venv/bin/python bench/bench_cdc.py --set max.batch.size=8192 --set poll.interval.ms=50
 
 Runs against the local stack (started if needed) in a sandbox of its own: a schema with the shop's
 tables, a publication, a slot and a connector built from connect/onlinedb-postgres.json, all removed
@@ -16,6 +17,10 @@ afterwards. An order is 4 changes: the order, 2 lines, then its payment (an upda
 Lag is measured twice: commit time in the record (``__source_ts_ms``, PostgreSQL's clock) to the Kafka
 record's timestamp (set when Connect's producer sent it), and the writer's clock after COMMIT returned to
 the consumer's clock when the record arrived (same host, one clock). Prints figures; asserts nothing.
+
+Goals (issue 14), printed beside the figures with the ratio to the limit measured in the same run:
+burst end to end >= 10k changes/s and >= 90% of PostgreSQL's commit rate of the same burst, burst p95
+commit -> Kafka < 1 s, steady p95 commit -> Kafka < 100 ms.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ from omnistream.stack.manager import Stack
 from tests.support.cdc_sandbox import CdcSandbox, cdc_sandbox
 
 CHANGES_PER_ORDER = 4
+GOAL_RATE = 10_000  # changes/s end to end, burst
+GOAL_RATIO = 0.90  # end-to-end rate / PostgreSQL's commit rate, same burst
+GOAL_BURST_P95_MS = 1_000
+GOAL_STEADY_P95_MS = 100
 INSERT_ORDER = (
     "insert into orders (customer_id, subtotal, tax, total) values (%s, 10.00, 1.90, 11.90) "
     "returning order_id"
@@ -131,17 +140,43 @@ def wait_for(arrivals: Arrivals, expected: int, timeout_s: float) -> None:
         time.sleep(0.05)
 
 
+def p95(values: list[int]) -> float:
+    return statistics.quantiles(sorted(values), n=100, method="inclusive")[94]
+
+
 def percentiles(values: list[int]) -> str:
     ordered = sorted(values)
     cuts = statistics.quantiles(ordered, n=100, method="inclusive")
     return f"p50 {cuts[49]:7.0f} ms  p95 {cuts[94]:7.0f} ms  max {ordered[-1]:7.0f} ms"
 
 
-def report(name: str, records: list[tuple[int, int, int, int]], committed: dict[int, int]) -> None:
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(
+    name: str, records: list[tuple[int, int, int, int]], committed: dict[int, int], goal_p95_ms: int
+) -> None:
     kafka_lag = [kafka_ts - source_ts for _, kafka_ts, source_ts, _ in records]
     client_lag = [arrived - committed[order] for order, _, _, arrived in records if order in committed]
     print(f"{name:7s} commit → Kafka append (source.ts_ms → record timestamp):  {percentiles(kafka_lag)}")
     print(f"{name:7s} commit → consumer (client clock after COMMIT returned):    {percentiles(client_lag)}")
+    worst = p95(kafka_lag)
+    print(
+        f"{name:7s} goal: p95 commit → Kafka {worst:,.0f} ms vs < {goal_p95_ms:,} ms "
+        f"(ratio {worst / goal_p95_ms:.2f}, want < 1): {verdict(worst < goal_p95_ms)}"
+    )
+
+
+def overrides(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` options into connector config entries (every value a string, as in the files)."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set wants KEY=VALUE, got {pair!r}")
+        parsed[key] = value
+    return parsed
 
 
 def main() -> None:
@@ -156,7 +191,15 @@ def main() -> None:
         default=None,
         help="Override Debezium's poll.interval.ms (default: the file's).",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one entry of the connector config (repeatable), to measure a lever.",
+    )
     args = parser.parse_args()
+    extra = overrides(args.set)
 
     settings = get_settings()
     Stack(settings).up(["postgres", "kafka", "registry", "connect"])
@@ -166,6 +209,9 @@ def main() -> None:
         connector = sandbox.connector_file()
         if args.poll_interval_ms is not None:
             connector.config["poll.interval.ms"] = str(args.poll_interval_ms)
+        connector.config.update(extra)
+        if extra:
+            print("overrides: " + ", ".join(f"{k}={v}" for k, v in extra.items()))
         deploy.apply(client, settings, [connector], timeout_s=180)
         print(f"connector RUNNING in {time.perf_counter() - started:.1f} s ({sandbox.connector})")
 
@@ -193,13 +239,20 @@ def main() -> None:
             wait_for(arrivals, CHANGES_PER_ORDER * args.orders, 600)
             drained = time.perf_counter() - first_commit
             changes = CHANGES_PER_ORDER * args.orders
+            into_pg, end_to_end = changes / written, changes / drained
             print(
                 f"burst   {changes:,} changes ({args.orders:,} orders, {args.batch} per transaction) "
                 f"written in {written:.2f} s "
-                f"({changes / written:,.0f} changes/s into PostgreSQL); all in Kafka after {drained:.2f} s: "
-                f"{changes / drained:,.0f} changes/s end to end"
+                f"({into_pg:,.0f} changes/s into PostgreSQL); all in Kafka after {drained:.2f} s: "
+                f"{end_to_end:,.0f} changes/s end to end"
             )
-            report("burst", arrivals.take(), committed)
+            ratio = end_to_end / into_pg
+            print(
+                f"burst   goal: end to end {end_to_end:,.0f} changes/s vs >= {GOAL_RATE:,}: "
+                f"{verdict(end_to_end >= GOAL_RATE)}; ratio to PostgreSQL's commit rate "
+                f"{ratio:.0%} vs >= {GOAL_RATIO:.0%}: {verdict(ratio >= GOAL_RATIO)}"
+            )
+            report("burst", arrivals.take(), committed, GOAL_BURST_P95_MS)
 
             client.pause(sandbox.connector)
             deploy.wait_for_state(client, sandbox.connector, "PAUSED", timeout_s=60)
@@ -229,7 +282,7 @@ def main() -> None:
                 f"steady  {CHANGES_PER_ORDER * count:,} changes at {args.rate:g} orders/s "
                 f"({CHANGES_PER_ORDER * args.rate:g} changes/s) for {args.steady_seconds:g} s"
             )
-            report("steady", arrivals.take(), committed)
+            report("steady", arrivals.take(), committed, GOAL_STEADY_P95_MS)
         stop.set()
         reader.join(timeout=10)
 
