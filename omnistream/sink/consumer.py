@@ -96,7 +96,7 @@ class SinkConfig:
     # A regex subscription (librdkafka's syntax, starting with "^"); used instead of `topics` when set.
     pattern: str | None = None
     flush_records: int = 10_000
-    flush_seconds: float = 5.0
+    flush_seconds: float = 1.0  # as landing.flush_seconds
     # Exit once every assigned partition has been landed up to its end (for backfills, tests, benches).
     drain: bool = False
     # Static group membership: a sink restarted under the same id (after a crash) takes its partitions
