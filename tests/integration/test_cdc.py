@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaException
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
@@ -28,6 +27,7 @@ from omnistream.kafka.clients import admin, client_config
 from omnistream.kafka.registry import registry_client
 from omnistream.settings import Settings
 from tests.support.cdc_sandbox import CdcSandbox, cdc_sandbox
+from tests.support.decoding import avro_deserializer
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def consume(settings: Settings, topics: list[str], expected: int) -> list[Change
     """Read ``expected`` records from the start of ``topics``, decoding keys and values via the registry."""
     wait_for_topics(settings, topics)
     registry = registry_client(settings)
-    keys, values = AvroDeserializer(registry), AvroDeserializer(registry)
+    keys, values = avro_deserializer(registry), avro_deserializer(registry)
     consumer = Consumer(
         client_config(
             settings,

@@ -33,7 +33,6 @@ import httpx
 import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg import sql
 
@@ -44,6 +43,7 @@ from omnistream.shop_schema import SHOP_SCHEMA, use_schema
 from omnistream.stack.manager import Stack
 from simulators.order_plan import NewOrder, OrderLine
 from simulators.shop_db import insert_order
+from tests.support.decoding import avro_deserializer
 from tests.support.second_stack import as_environment, second_stack_settings
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def read_changes(
     wanted_orders = set(orders)
     wanted_items = {(o, n) for o, lines in orders.items() for n in range(1, lines + 1)}
     registry = registry_client(quiet.settings)
-    keys, values = AvroDeserializer(registry), AvroDeserializer(registry)
+    keys, values = avro_deserializer(registry), avro_deserializer(registry)
     consumer = Consumer(
         client_config(
             quiet.settings,

@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from imapclient import IMAPClient
 from pydantic import SecretStr
@@ -31,6 +30,7 @@ from omnistream.kafka.registry import registry_client
 from omnistream.settings import MailSettings, Settings
 from omnistream.stack.versions import PROJECT_ROOT
 from producers.emails.producer import EmailTopics
+from tests.support.decoding import avro_deserializer
 
 # RFC 5322 line ends, as a mail server stores a message.
 CRLF = policy.compat32.clone(linesep="\r\n")
@@ -145,7 +145,7 @@ def read_topics(
             "fetch.wait.max.ms": 50,
         }
     )
-    deserializer = AvroDeserializer(registry_client(settings))
+    deserializer = avro_deserializer(registry_client(settings))
     out: dict[str, list[dict[str, Any]]] = {topic: [] for topic in topics}
     try:
         assignment = [

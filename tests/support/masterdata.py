@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -21,6 +20,7 @@ from omnistream.kafka.registry import registry_client
 from omnistream.settings import Settings
 from simulators.api import FaultConfig, FaultInjector, api_state, create_app, stop_app
 from simulators.masterdata import MasterData
+from tests.support.decoding import avro_deserializer
 
 TOKEN = "masterdata-test-token"
 
@@ -74,7 +74,7 @@ def read_topic(settings: Settings, topic: str) -> list[tuple[str, dict[str, Any]
 
     Values are decoded with the writer's schema from the registry, nothing else.
     """
-    deserializer = AvroDeserializer(registry_client(settings))
+    deserializer = avro_deserializer(registry_client(settings))
     ctx = SerializationContext(topic, MessageField.VALUE)
     consumer = Consumer(reader_config(settings, "test-reader"))
     records: list[tuple[int, int, str, dict[str, Any] | None]] = []

@@ -29,7 +29,7 @@ from confluent_kafka import (
     Message,
     Producer,
 )
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from omnistream.kafka.clients import TopicSpec, ensure_topics, producer_config, reader_config
@@ -41,6 +41,7 @@ from omnistream.sink.consumer import LandingSink, SinkConfig, SinkStats
 from omnistream.sink.layout import live_files, overlapping, parse_file_name
 from omnistream.sink.store import LocalStore
 from omnistream.topics import dlq
+from tests.support.decoding import Decode, avro_deserializer
 
 ROOT = Path(__file__).resolve().parents[2]
 MONEY = {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}
@@ -196,7 +197,7 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[
 
 def dead_letters(settings: Settings, topic: str) -> list[tuple[Record, dict[str, Any]]]:
     """The records of ``topic``'s DLQ with their DeadLetter values decoded through the registry."""
-    deserialize = AvroDeserializer(registry_client(settings))
+    deserialize = avro_deserializer(registry_client(settings))
     out = []
     for record in read_topic(settings, dlq(topic)):
         letter = deserialize(record.value, SerializationContext(dlq(topic), MessageField.VALUE))
@@ -278,7 +279,7 @@ class LoadProducer(threading.Thread):
             self.error = exc
 
 
-def _expected_row(record: Record, deserialize: AvroDeserializer, topic: str) -> tuple[object, ...]:
+def _expected_row(record: Record, deserialize: Decode, topic: str) -> tuple[object, ...]:
     if record.value is None:
         return (record.key.decode() if record.key else None, None, None)
     value = cast(dict[str, Any], deserialize(record.value, SerializationContext(topic, MessageField.VALUE)))
@@ -301,7 +302,7 @@ def assert_exactly_once(settings: Settings, directory: Path, topic: str, sent: i
     assert set(offsets).isdisjoint(dead_origins)
     assert set(offsets) | dead_origins == {(r.partition, r.offset) for r in records}, "a record was lost"
 
-    deserialize = AvroDeserializer(registry_client(settings))
+    deserialize = avro_deserializer(registry_client(settings))
     by_offset = {(r.partition, r.offset): r for r in records}
     for row, at in zip(rows, offsets, strict=True):
         got = (row["record_metadata"]["key"], row["order_id"], row["total"])
